@@ -1,0 +1,1 @@
+"""Faces: landmarks, the morphable face model and its loaders, fitting, crops, rasteriser."""

@@ -1,0 +1,1 @@
+"""Quality control: metrics against the plate, gates, and the reviewer's report."""

@@ -1,0 +1,73 @@
+"""What every shot stage shares: the shot's output layout and frame provenance."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+
+
+@dataclass(frozen=True)
+class ShotLayout:
+    """Where one version of a shot writes: ``{template}`` with task = render | review | qc.
+
+    Frame files follow the delivery convention ``{show}_{sequence}_{shot}_{task}_vNNN.####.exr``
+    numbered like the plate (1001-based by default).
+    """
+
+    show: str
+    sequence: str
+    shot: str
+    version: str  # "v001"
+    render_dir: Path
+    review_dir: Path
+    qc_dir: Path
+
+    @property
+    def frame_prefix(self) -> str:
+        return f"{self.show}_{self.sequence}_{self.shot}_render_{self.version}"
+
+    def frame_path(self, frame: int) -> Path:
+        return self.render_dir / f"{self.frame_prefix}.{frame:04d}.exr"
+
+    @property
+    def frame_pattern(self) -> Path:
+        return self.render_dir / f"{self.frame_prefix}.%04d.exr"
+
+    @property
+    def review_movie(self) -> Path:
+        return self.review_dir / f"{self.show}_{self.sequence}_{self.shot}_review_{self.version}.mp4"
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """The shot's clock: frame numbers, fps and the plate's start timecode."""
+
+    fps: Fraction
+    first: int
+    last: int
+    start_frame: int          # frame number of the plate's first frame
+    start_timecode: str | None  # timecode of start_frame
+
+    @property
+    def frames(self) -> range:
+        return range(self.first, self.last + 1)
+
+
+def job_id() -> str:
+    """The scheduler's id of the running task, for provenance ('' when run by hand)."""
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID"):
+        val = os.environ.get(key)
+        if val:
+            task = os.environ.get("SLURM_ARRAY_TASK_ID")
+            return f"{val}_{task}" if key == "SLURM_ARRAY_JOB_ID" and task else val
+    return ""
+
+
+def provenance(extra: dict[str, Any]) -> dict[str, str]:
+    out = {"engineVersion": __version__, "jobId": job_id()}
+    out.update({k: "" if v is None else str(v) for k, v in extra.items()})
+    return out

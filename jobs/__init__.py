@@ -1,0 +1,1 @@
+"""Thin submitit job definitions; all real work is in `engine`."""

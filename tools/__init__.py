@@ -1,0 +1,1 @@
+"""Command-line entry points of Portrait Engine (thin wrappers over `engine`)."""
