@@ -145,6 +145,35 @@ def test_edit_list_trimmed_file_counts_only_shown_frames(videos, tmp_path):
     assert _indices(VideoSource(cut).iter_frames(5, 2)) == idx[5:7]
 
 
+def test_nonzero_start_time(videos, tmp_path):
+    """Broadcast files often start at a timecode-like offset (here 10 s): seeking is
+    relative to the file's own timestamps, and still exact."""
+    path, fps = videos["ntsc_film.mp4"]
+    shifted = tmp_path / "offset.mov"
+    subprocess.run(ffmpeg_cmd(loglevel="error") + ["-i", str(path), "-c", "copy",
+                                                   "-output_ts_offset", "10", str(shifted)], check=True)
+    info = probe(shifted)
+    assert info.start_time == pytest.approx(10, abs=0.2) and info.frame_count == N_FRAMES
+    src = VideoSource(shifted)
+    assert _indices(src.iter_frames(37, 3)) == [37, 38, 39]
+    assert _indices(src.iter_frames(0, 2)) == [0, 1]
+
+
+def test_variable_frame_rate_indexes_by_decode_order(videos, tmp_path):
+    """A 0.5 s hole after frame 30 (VFR): index i is still the i-th decoded frame, and
+    seeking uses the real timestamps, not i / fps (which would land 12 frames early)."""
+    path, _ = videos["pal.mp4"]
+    vfr = tmp_path / "vfr.mp4"
+    subprocess.run(ffmpeg_cmd(loglevel="error") + [
+        "-i", str(path), "-vf", "setpts=N/25/TB+if(gte(N\\,30)\\,0.5/TB\\,0)", "-fps_mode", "passthrough",
+        "-c:v", "libx264", "-preset", "ultrafast", "-g", "12", str(vfr)], check=True)
+    info = probe(vfr)
+    assert info.vfr and info.fps == 25 and info.frame_count == N_FRAMES
+    src = VideoSource(vfr)
+    assert _indices(src.iter_frames(35, 3)) == [35, 36, 37]
+    assert _indices(src.iter_frames(29, 3)) == [29, 30, 31]
+
+
 def test_out_of_range_requests_name_the_range(videos):
     src = VideoSource(videos["pal.mov"][0])
     with pytest.raises(MediaError, match=r"85\.\.94.*0\.\.89"):
@@ -180,3 +209,43 @@ def test_colour_round_trip_through_rec709(tmp_path):
     for k, c in enumerate(colours):
         patch = got[16:48, k * 32 + 8:k * 32 + 24].reshape(-1, 3).mean(0)
         assert np.abs(patch - c).max() <= 4, (k, c, patch)
+
+
+def test_memory_stays_constant_while_streaming(videos):
+    """Iterating holds one frame at a time: traced Python allocations stay at a few frames
+    however long the video is (the 1080p, 3000-frame figure is bench/decode_stream.py)."""
+    import tracemalloc
+    src = VideoSource(videos["pal.mp4"][0])
+    frame_bytes = H * W * 3
+    tracemalloc.start()
+    n = 0
+    for _ in src.iter_frames():
+        n += 1
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert n == N_FRAMES
+    assert peak < 8 * frame_bytes + 256 * 1024, peak
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_real_plate_seeks_match_sequential_decode():
+    """On real footage (no barcode), a seek must return bit-identical pixels to the same
+    frame reached by decoding sequentially."""
+    plate = SHARED / "media" / "actor" / "EDTalk__pose_source2.mp4"
+    if not plate.exists():
+        pytest.skip(f"shared test media absent: {plate}")
+    src = VideoSource(plate)
+    targets = {0: None, 1: None, 263: None, 264: None, 801: None, src.frame_count - 1: None}
+    for i, frame in enumerate(src.iter_frames()):
+        if i in targets:
+            targets[i] = frame
+    for i, want in targets.items():
+        got = src.read(i)
+        assert np.array_equal(got, want), f"frame {i} differs after seeking"
+    pair = list(src.iter_frames(800, 2))
+    assert np.array_equal(pair[1], targets[801])
+    assert not np.array_equal(pair[0], pair[1])  # consecutive frames do differ

@@ -19,6 +19,8 @@ every frame, which :class:`engine.io.video.VideoSource` uses for frame-exact see
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -35,6 +37,8 @@ import ffmpeg as ffmpeg_python
 import numpy as np
 
 from engine.errors import MediaError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MediaInfo",
@@ -73,13 +77,37 @@ def ffmpeg_exe() -> str:
             raise MediaError(f"PORTRAIT_FFMPEG={env} is not an executable file")
         return env
     system = shutil.which("ffmpeg")
-    if system:
-        return system
+    bundled = None
     try:
         import imageio_ffmpeg
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError) as exc:
-        raise MediaError("no ffmpeg found: install ffmpeg or the imageio-ffmpeg package") from exc
+        bundled = imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        pass
+    if system:
+        version = _ffmpeg_version(system)
+        # -fps_mode, showinfo's checksum option and aresample's channel-layout options
+        # arrived in ffmpeg 5.1; an older distro ffmpeg would fail on them.
+        if version is None or version >= _MIN_VERSION or bundled is None:
+            return system
+        log.warning("system ffmpeg %s is older than %s; using imageio-ffmpeg's %s",
+                    ".".join(map(str, version)), ".".join(map(str, _MIN_VERSION)), bundled)
+    if bundled:
+        return bundled
+    raise MediaError("no ffmpeg found: install ffmpeg (>= 5.1) or the imageio-ffmpeg package")
+
+
+_MIN_VERSION = (5, 1)
+
+
+def _ffmpeg_version(exe: str) -> tuple[int, int] | None:
+    """(major, minor) from ``ffmpeg -version``; None for git builds that print no number."""
+    try:
+        out = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, text=True,
+                             timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.match(r"ffmpeg version n?(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def ffmpeg_cmd(*global_args: str, loglevel: str = "info") -> list[str]:
@@ -369,16 +397,36 @@ def _frame_rate(pts: np.ndarray, durations: list[int], tb: Fraction,
     return fps, avg, vfr
 
 
+_probe_memo: dict[tuple[str, int, int], MediaInfo] = {}
+
+
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Describe a media file (video and/or audio). Raises MediaError with one line when the
-    file is missing, not media, truncated or corrupt."""
+    file is missing, not media, truncated or corrupt.
+
+    Results are memoised per process on (path, size, mtime): the packet listing reads the
+    whole file, and a plate is typically probed by several stages in one process.
+    """
     path = Path(path)
     if not path.exists():
         raise MediaError(f"media file not found: {path}")
     if not path.is_file():
         raise MediaError(f"not a media file (a {'folder' if path.is_dir() else 'special file'}): {path}")
-    if path.stat().st_size == 0:
+    st = path.stat()
+    if st.st_size == 0:
         raise MediaError(f"cannot read {path}: the file is empty")
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    hit = _probe_memo.get(key)
+    if hit is not None:
+        return dataclasses.replace(hit, path=path)
+    info = _probe(path)
+    if info.frame_pts is not None:
+        info.frame_pts.flags.writeable = False   # shared through the memo
+    _probe_memo[key] = info
+    return info
+
+
+def _probe(path: Path) -> MediaInfo:
     cmd = ffmpeg_cmd(loglevel="info")
     stream = ffmpeg_python.input(str(path))["V:0?"].output("pipe:", c="copy", f="framecrc", copyts=None)
     args = stream.compile(cmd=cmd)

@@ -9,6 +9,7 @@ number downstream would then point at the wrong picture.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from fractions import Fraction
@@ -99,7 +100,10 @@ class VideoPlate:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        # Best effort at garbage collection (possibly during interpreter shutdown, when
+        # anything may already be torn down); close() is the real API.
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class SequencePlate:

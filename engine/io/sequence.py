@@ -55,7 +55,7 @@ class SequencePattern:
         self.prefix, self.suffix = prefix, suffix
         self.pattern = str(pattern)
         digits = r"\d+" if self.padding <= 1 else rf"\d{{{self.padding},}}"
-        self._regex = re.compile(rf"^{re.escape(prefix)}(-?{digits})(?:){re.escape(suffix)}$")
+        self._regex = re.compile(rf"^{re.escape(prefix)}(-?{digits}){re.escape(suffix)}$")
 
     def path(self, frame: int) -> Path:
         num = f"{abs(frame):0{self.padding}d}"

@@ -28,6 +28,7 @@ from engine.errors import ConfigError, OutputExistsError, StageError
 
 from .runner import StageJob, StageResult
 from .stage import Stage
+from .progress import format_duration, format_rate, read_progress
 
 log = logging.getLogger("portrait.pipeline")
 
@@ -283,6 +284,30 @@ def _collect(run: _Running) -> StageResult:
     return result
 
 
+_RELAY_EVERY_S = 5.0
+
+
+def _relay_progress(running: Mapping[str, "_Running"], relayed: dict[str, tuple[float, str]]) -> None:
+    """Log the progress line of stages running in other processes (their progress JSON),
+    at most every few seconds per stage and only when it changed: long work shows progress
+    in the submitting terminal, not only in the worker's log file."""
+    now = time.monotonic()
+    for name, run in running.items():
+        last_t, last_line = relayed.get(name, (0.0, ""))
+        if now - last_t < _RELAY_EVERY_S:
+            continue
+        snap = read_progress(run.stage.progress_path())
+        if not snap or snap.get("state") != "running" or not snap.get("done"):
+            continue
+        total = snap.get("total")
+        line = (f"[{snap.get('stage', name)}] {snap.get('done')}/{total if total is not None else '?'} "
+                f"{snap.get('unit', '')}  {format_rate(snap.get('rate'), snap.get('unit', ''))}  "
+                f"ETA {format_duration(snap['eta_s']) if snap.get('eta_s') is not None else '?'}")
+        if line != last_line:
+            log.info("%s", line)
+            relayed[name] = (now, line)
+
+
 def run_stages(stages: Sequence[Stage], config: ExecutorConfig | None = None, *,
                deps: Mapping[str, Sequence[str]] | None = None, version: Any = None) -> list[StageResult]:
     """Run ``stages`` (in list order, or by ``deps``: name -> names it needs) through the
@@ -300,6 +325,7 @@ def run_stages(stages: Sequence[Stage], config: ExecutorConfig | None = None, *,
     running: dict[str, _Running] = {}
     failure: StageError | None = None
     cap = config.max_parallel
+    relayed: dict[str, tuple[float, str]] = {}
 
     try:
         while pending or running:
@@ -368,6 +394,7 @@ def run_stages(stages: Sequence[Stage], config: ExecutorConfig | None = None, *,
                 continue
             finished = [n for n, r in running.items() if r.job.done()]
             if not finished:
+                _relay_progress(running, relayed)
                 time.sleep(config.poll_s)
                 continue
             for n in finished:
