@@ -1009,7 +1009,7 @@ def fit_sequence(model: FaceModelLike, landmarks: np.ndarray, valid: np.ndarray,
                 sweep = subset[_even_subset(subset.size, cfg.sweep_frames)]
                 sv = solver_for(sweep)
                 k_sweep = min(basis.n_id, cfg.sweep_identity_components) if fit_identity else 0
-                scores = []
+                scores, idents = [], []
                 for j, fov in enumerate(cfg.focal_fov_candidates_deg):
                     cand_phi = math.log(focal_from_fov(fov, (W, H)))
                     st = new_state(sweep.size, cand_phi, ident)
@@ -1020,9 +1020,11 @@ def fit_sequence(model: FaceModelLike, landmarks: np.ndarray, valid: np.ndarray,
                         cfg.identity_prior * (st.ident ** 2 * basis.id_prior_diag).sum()
                         + cfg.focal_prior * (cand_phi - phi0) ** 2)
                     scores.append(float(e) / sweep.size)
+                    idents.append(st.ident.clone())
                     progress("focal_sweep", (j + 1) / len(cfg.focal_fov_candidates_deg))
                 best = int(np.argmin(scores))
                 phi = math.log(focal_from_fov(cfg.focal_fov_candidates_deg[best], (W, H)))
+                ident = idents[best]  # seeds the identity stage (leading components)
                 history.append({"stage": "focal_sweep", "fov_deg": list(cfg.focal_fov_candidates_deg),
                                 "energy": scores, "best_fov_deg": cfg.focal_fov_candidates_deg[best]})
                 timings["focal_sweep_s"] = time.perf_counter() - t0

@@ -134,6 +134,43 @@ def _split_quads(faces_quad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tris[order], src[order]
 
 
+def _obj_derived(obj_path: Path, neutral: np.ndarray, n_poly: int, cache_dir) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+    """Per-polygon material names and per-vertex uv / UDIM tile from the OBJ (parsing it
+    takes ~1.5 s, so the result is cached under cache_dir keyed by the OBJ's content hash)."""
+    from engine.util.hashing import file_sha256
+
+    cache_file = None
+    if cache_dir is not None:
+        key = file_sha256(obj_path)[:24]
+        cache_file = Path(cache_dir) / f"ict_obj_{key}_v{FACE_MODEL_CODE_VERSION}.npz"
+        if cache_file.is_file():
+            try:
+                with np.load(cache_file, allow_pickle=False) as z:
+                    if len(z["poly_mats"]) == n_poly and len(z["uv"]) == len(neutral):
+                        return z["poly_mats"], z["uv"], z["uv_tile"]
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable cache entry: parse again
+    obj = parse_obj(obj_path)
+    v = len(neutral)
+    if len(obj["v"]) != v or len(obj["faces"]) != n_poly:
+        raise MediaError(f"{obj_path} does not match the basis file ({len(obj['v'])} vs {v} vertices)")
+    if np.abs(obj["v"] - neutral).max() > 1e-3:
+        raise MediaError(f"{obj_path} vertices differ from the neutral of the basis file")
+    uv, uv_tile = _per_vertex_uv(v, obj["faces"], obj["fvt"], obj["vt"])
+    poly_mats = np.asarray(obj["mats"], dtype=str)
+    if cache_file is not None:
+        try:
+            from engine.util.atomic import atomic_path
+
+            with atomic_path(cache_file) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, poly_mats=poly_mats, uv=uv, uv_tile=uv_tile)
+        except OSError:
+            pass  # read-only cache: parse again next time
+    return poly_mats, uv, uv_tile
+
+
 def load_ict_model(path, *, cache_dir=None, n_id: int | None = None, expressions=None,
                    embed_landmarks: bool = True) -> FaceModel:
     """Load ICT-FaceKit light from ``path`` (the .npz; .obj / .json beside it).
@@ -166,16 +203,12 @@ def load_ict_model(path, *, cache_dir=None, n_id: int | None = None, expressions
         raise MediaError(f"ICT model needs generic_neutral_mesh.obj beside {npz_path} (UVs and regions)")
     json_path = _find_beside(npz_path, "*vertex_indices.json")
 
-    obj = parse_obj(obj_path)
-    if len(obj["v"]) != v or len(obj["faces"]) != len(data["faces_quad"]):
-        raise MediaError(f"{obj_path} does not match {npz_path.name} ({len(obj['v'])} vs {v} vertices)")
-    if np.abs(obj["v"] - neutral).max() > 1e-3:
-        raise MediaError(f"{obj_path} vertices differ from the neutral of {npz_path.name}")
+    poly_mats, uv, uv_tile = _obj_derived(obj_path, neutral, len(data["faces_quad"]), cache_dir)
 
     tris, poly = _split_quads(data["faces_quad"])
     if tris.min() < 0 or tris.max() >= v:
         raise MediaError(f"{npz_path}: face indices out of range")
-    mats = np.asarray(obj["mats"])[poly]
+    mats = poly_mats[poly]
     # The file's winding is used as is (outward); guard against a flipped export.
     face_tris = tris[mats == "M_Face"]
     if len(face_tris):
@@ -183,7 +216,6 @@ def load_ict_model(path, *, cache_dir=None, n_id: int | None = None, expressions
         if np.cross(tv[:, 1] - tv[:, 0], tv[:, 2] - tv[:, 0]).sum(0)[2] < 0:
             tris = tris[:, ::-1].copy()
 
-    uv, uv_tile = _per_vertex_uv(v, obj["faces"], obj["fvt"], obj["vt"])
     region = np.full(v, 255, np.uint8)
     rank = {r: i for i, r in enumerate(_REGION_PRIORITY)}
     best = np.full(v, len(_REGION_PRIORITY), np.int64)
@@ -196,7 +228,7 @@ def load_ict_model(path, *, cache_dir=None, n_id: int | None = None, expressions
     region[region == 255] = int(Region.OTHER)
 
     ict_names = [str(s) for s in data["expression_names"]]
-    exp = data["expression_deltas"].astype(np.float32)
+    exp = np.asarray(data["expression_deltas"], np.float32)
     names = [arkit_name(n) for n in ict_names]
     if expressions is not None:
         want = [arkit_name(n) if "_" in n else n for n in expressions]
@@ -207,7 +239,7 @@ def load_ict_model(path, *, cache_dir=None, n_id: int | None = None, expressions
         keep = [names.index(n) for n in want]
         exp = exp[keep]
         names = [names[i] for i in keep]
-    ident = data["identity_deltas"].astype(np.float32)
+    ident = np.asarray(data["identity_deltas"], np.float32)
     if n_id is not None:
         ident = ident[: max(0, int(n_id))]
     id_names = tuple(str(s) for s in id_names_raw[: len(ident)]) if id_names_raw is not None \

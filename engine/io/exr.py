@@ -23,18 +23,16 @@ both.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import OpenEXR
 
-from engine.errors import MediaError, OutputExistsError
+from engine.errors import MediaError
 from engine.util.atomic import atomic_path
 
 __all__ = ["Layer", "write_exr", "read_exr", "read_exr_header", "sync_files", "COMPRESSIONS",
@@ -301,45 +299,12 @@ def write_exr(path: str | os.PathLike, layers_or_channels, *, compression: str =
             else:
                 channels.update(_channel_arrays(layer, pixel_types))
         exr = OpenEXR.File(header, channels)
-    with _atomic_target(path, overwrite=overwrite, fsync=fsync) as tmp:
+    with atomic_path(path, overwrite=overwrite, fsync=fsync) as tmp:
         try:
             exr.write(str(tmp))
         except (RuntimeError, OSError) as exc:
             raise MediaError(f"cannot write {path}: {exc}") from exc
     return path
-
-
-@contextlib.contextmanager
-def _atomic_target(final: Path, *, overwrite: bool, fsync: bool) -> Iterator[Path]:
-    """engine.util.atomic.atomic_path, minus the fsync when the caller batches durability
-    (see the module docstring). Same temp naming, same no-clobber link for overwrite=False."""
-    if fsync:
-        with atomic_path(final, overwrite=overwrite) as tmp:
-            yield tmp
-        return
-    if not overwrite and final.exists():
-        raise OutputExistsError(f"refusing to overwrite existing file {final}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix,
-                                    dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        if overwrite:
-            os.replace(tmp, final)
-        else:
-            try:
-                os.link(tmp, final)   # fails if another writer got there first
-            except FileExistsError:
-                raise OutputExistsError(f"refusing to overwrite existing file {final}") from None
-    except OSError as exc:
-        if exc.errno == 28:
-            raise MediaError(f"disk full while writing {final}") from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def sync_files(paths: Iterable[str | os.PathLike]) -> None:

@@ -45,6 +45,10 @@ class FrameSource(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> "FrameSource": ...
+
+    def __exit__(self, *exc) -> None: ...
+
 
 def _check_range(first: int, last: int, numbers: range, what: str) -> None:
     if first > last:
