@@ -3,6 +3,11 @@
 Today's graph (stages arrive as their issues land):
 
     render (plate -> EXR frames, per-frame resumable)  ->  review (movie)  ->  qc (report)
+    track-plate, track-drive (media -> tracking files in the output root's content-keyed cache)
+
+The track stages are planned when something needs the face track: a drive (``drive.mode``
+video or audio), or ``track=True``. Their files are keyed by media content, not by version,
+so a shot's later versions (and other shots on the same media) reuse them.
 
 A run allocates (or resumes) one version ``vNNN`` for the shot: the render task's version
 folder is allocated under the shot config's hash, and the review and qc tasks use the same
@@ -77,8 +82,11 @@ def _plate_audio(shot: Shot) -> Path | None:
     return None
 
 
-def plan_shot(shot: Shot, *, version: int | str | None = None, frames: Sequence[int] | None = None) -> ShotPlan:
-    """Allocate (or resume) the shot's version folders and build its stage graph."""
+def plan_shot(shot: Shot, *, version: int | str | None = None, frames: Sequence[int] | None = None,
+              track: bool | None = None) -> ShotPlan:
+    """Allocate (or resume) the shot's version folders and build its stage graph.
+
+    ``track``: plan the face-tracking stages (None: when the shot has a drive)."""
     cfg_hash = shot.config_hash()
     want = shot.version if version is None else version
     fields = {"root": shot.output.root, "show": shot.show, "sequence": shot.sequence, "shot": shot.shot}
@@ -118,13 +126,22 @@ def plan_shot(shot: Shot, *, version: int | str | None = None, frames: Sequence[
                                        shot.plate.path, {**prov, "engineVersion": __version__,
                                                          "shotFile": str(shot.source)}))
             deps["qc"] = ["review"]
+        # Tracking is planned where a stage needs it: every drive mode re-animates the
+        # plate's tracked face; today's pass-through render (drive none) does not.
+        wants_track = track if track is not None else shot.drive.mode != "none"
+        if wants_track:
+            from engine.stages.track import shot_track_stages
+
+            track_stages, track_deps = shot_track_stages(shot)
+            stages.extend(track_stages)
+            deps.update(track_deps)
     return ShotPlan(shot, layout, timing, stages, deps, versions)
 
 
 def run_shot(shot: Shot, *, executor: str | None = None, version: int | str | None = None,
-             frames: Sequence[int] | None = None) -> ShotRunResult:
+             frames: Sequence[int] | None = None, track: bool | None = None) -> ShotRunResult:
     """Run (or resume) a shot end to end; marks the version complete when every stage is done."""
-    plan = plan_shot(shot, version=version, frames=frames)
+    plan = plan_shot(shot, version=version, frames=frames, track=track)
     if (version in (None, "auto") and shot.version == "auto" and plan.versions[0].is_complete
             and not all(s.is_up_to_date() for s in plan.stages)):
         # Same shot config, but what the stages would write differs (new code, edited or
@@ -132,7 +149,7 @@ def run_shot(shot: Shot, *, executor: str | None = None, version: int | str | No
         log.info("%s is complete but out of date: writing a new version", plan.layout.version)
         for v in plan.versions:
             v.release()
-        plan = plan_shot(shot, version="new", frames=frames)
+        plan = plan_shot(shot, version="new", frames=frames, track=track)
     try:
         results = run_stages(plan.stages, executor_config(shot, executor), deps=plan.deps, version=plan.versions[0])
         if frames is None and all(s.is_up_to_date() for s in plan.stages):

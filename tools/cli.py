@@ -16,7 +16,7 @@ from engine import __version__
 from engine.errors import PortraitError
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("demo", "run", "validate", "bench")
+SUBCOMMANDS = ("demo", "run", "validate", "track", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

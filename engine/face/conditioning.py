@@ -13,7 +13,8 @@ which also feeds correspondence + geometry maps). The maps here:
 * ``mask_face`` (1): any model surface visible; ``mask_mouth`` (1): mouth interior / teeth.
 * ``region`` (num_regions): one-hot region codes; ``region_id`` (1, int64): the code, -1 off-mesh.
 
-Every map is (B, C, H, W); background is 0 (``region_id``: -1). Region lookups take, per
+Every map is (B, C, H, W) (the float maps are channel slices of one buffer: concatenate with
+:func:`stack_conditioning`); background is 0 (``region_id``: -1). Region lookups take, per
 pixel, the region of the triangle vertex with the largest barycentric weight (crisp borders
 in mid-triangle). Rendering is for one square crop whose intrinsics :func:`crop_intrinsics`
 builds from the plate camera and the plate->crop similarity.
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import ConfigError
-from engine.face.raster import Fragments, interpolate, rasterize
+from engine.face.raster import Fragments, Visible, interpolate_visible, rasterize, scatter_visible, visible
 
 # Region codes shared with the FaceModel's ``Region`` IntEnum (engine/face/model.py):
-# OTHER=0, SKIN=1, LIPS=2, MOUTH_INTERIOR=3 (teeth, gums, tongue, cavity), EYES=4, ...
+# OTHER=0, SKIN=1, LIPS=2, MOUTH_INTERIOR=3 (teeth, gums, tongue, cavity), EYES=4, HEAD=5.
+# (Plain ints here so that rendering does not depend on the model module.)
 REGION_MOUTH_INTERIOR = 3
 
 MAP_CHANNELS: dict[str, int | None] = {
@@ -83,8 +85,11 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12)
     Vertices on no triangle get a zero normal.
     """
     faces = faces.to(device=verts.device, dtype=torch.int64)
-    v0, v1, v2 = (verts[:, faces[:, k]] for k in range(3))
-    fn = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)  # (B, F, 3)
+    v0, v1, v2 = (verts.index_select(1, faces[:, k]) for k in range(3))
+    a, b = v1 - v0, v2 - v0
+    fn = torch.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
+                      a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                      a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], -1)  # (B, F, 3)
     vn = torch.zeros_like(verts)
     vn.index_add_(1, faces.reshape(-1), fn.repeat_interleave(3, dim=1))
     return vn / vn.norm(dim=-1, keepdim=True).clamp_min(eps)
@@ -161,73 +166,80 @@ def render_conditioning(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.T
                               near=cfg.near)
     elif fragments.face_idx.shape != (B, S, S):
         raise ValueError(f"fragments are {tuple(fragments.face_idx.shape)}, expected {(B, S, S)}")
-    mask = fragments.mask
-    maskf = mask[:, None].to(verts_cam.dtype)
-    out: dict[str, torch.Tensor] = {}
+    dtype = verts_cam.dtype
+    if "region" in maps and V and int(vertex_region.max()) >= cfg.num_regions:
+        raise ConfigError(f"face model has region code {int(vertex_region.max())} but the "
+                          f"conditioning config has num_regions={cfg.num_regions}")
+    vis = visible(fragments, faces)
+    N = vis.pix.shape[0]
 
-    # One interpolation pass over all per-vertex attributes the requested maps need.
+    # Every map's values at the covered pixels, channels first (C, N), then ONE scatter into
+    # a zeroed (B, C_total, H, W) buffer whose channel slices are the maps (writing each
+    # full-size map separately costs several passes over mostly-background memory).
     attrs: list[torch.Tensor] = []
     slots: dict[str, slice] = {}
-
-    def add(name: str, a: torch.Tensor) -> None:
+    for name, a in (("canonical", canonical_verts), ("normal", None), ("uv", uv)):
+        if name not in maps:
+            continue
+        a = vertex_normals(verts_cam, faces) if name == "normal" else a.to(device=device, dtype=dtype)
         c0 = sum(x.shape[-1] for x in attrs)
-        a = a.to(device=device, dtype=verts_cam.dtype)
         attrs.append(a if a.dim() == 3 else a.expand(B, *a.shape))
         slots[name] = slice(c0, c0 + a.shape[-1])
-
-    if "canonical" in maps:
-        add("canonical", canonical_verts)
-    if "normal" in maps:
-        add("normal", vertex_normals(verts_cam, faces))
-    if "uv" in maps:
-        add("uv", uv)
+    cols: dict[str, torch.Tensor] = {}
     if attrs:
-        vals = interpolate(torch.cat(attrs, -1), faces, fragments).permute(0, 3, 1, 2)
+        vals = interpolate_visible(torch.cat(attrs, -1), vis)
         for name, sl in slots.items():
-            out[name] = vals[:, sl]
-        if "normal" in out:
-            n = out["normal"]
-            out["normal"] = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12) * maskf
-
+            cols[name] = vals[sl]
+        if "normal" in cols:
+            n = cols["normal"]
+            length = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt()
+            cols["normal"] = n / length.clamp_min(1e-12)
     if "depth" in maps or "depth_norm" in maps:
-        depth = torch.where(mask, fragments.depth, torch.zeros_like(fragments.depth))[:, None]
-        depth = depth.to(verts_cam.dtype)
-        if "depth" in maps:
-            out["depth"] = depth
+        depth = fragments.depth.reshape(1, -1).index_select(1, vis.pix).to(dtype)
+        cols["depth"] = depth
         if "depth_norm" in maps:
             centroid = verts_cam.mean(1)  # (B, 3)
             if cfg.depth_scale is None:
                 scale = (verts_cam - centroid[:, None]).pow(2).sum(-1).mean(1).sqrt().clamp_min(1e-12)
             else:
-                scale = torch.full((B,), float(cfg.depth_scale), device=device, dtype=verts_cam.dtype)
-            out["depth_norm"] = (depth - centroid[:, 2, None, None, None]) / scale[:, None, None, None] * maskf
-
+                scale = torch.full((B,), float(cfg.depth_scale), device=device, dtype=dtype)
+            cols["depth_norm"] = (depth - centroid[:, 2].index_select(0, vis.batch)) \
+                / scale.index_select(0, vis.batch)
     if "mask_face" in maps:
-        out["mask_face"] = maskf
-
+        cols["mask_face"] = torch.ones(1, N, device=device, dtype=dtype)
+    region = None
     if any(m in maps for m in ("region", "region_id", "mask_mouth")):
-        region_id = _region_ids(vertex_region.to(device), faces, fragments)
-        if "region_id" in maps:
-            out["region_id"] = region_id[:, None]
+        region = _region_ids(vertex_region.to(device), vis)  # (N,) int64
         if "mask_mouth" in maps:
-            codes = torch.tensor(cfg.mouth_regions, device=device, dtype=region_id.dtype)
-            out["mask_mouth"] = torch.isin(region_id, codes)[:, None].to(verts_cam.dtype)
+            mouth = torch.zeros_like(region, dtype=torch.bool)
+            for code in cfg.mouth_regions:
+                mouth |= region == code
+            cols["mask_mouth"] = mouth.to(dtype)[None]
         if "region" in maps:
-            if V and int(vertex_region.max()) >= cfg.num_regions:
-                raise ConfigError(f"face model has region code {int(vertex_region.max())} but the "
-                                  f"conditioning config has num_regions={cfg.num_regions}")
-            onehot = torch.nn.functional.one_hot(region_id.clamp_min(0), cfg.num_regions)
-            out["region"] = (onehot * mask[..., None]).permute(0, 3, 1, 2).to(verts_cam.dtype)
+            cols["region"] = (torch.arange(cfg.num_regions, device=device)[:, None] == region).to(dtype)
+    float_maps = [m for m in maps if m != "region_id"]
+    out: dict[str, torch.Tensor] = {}
+    if float_maps:
+        buf = scatter_visible(torch.cat([cols[m] for m in float_maps], 0), vis, channels_first=True)
+        c0 = 0
+        for m in float_maps:
+            c = cols[m].shape[0]
+            out[m] = buf[:, c0:c0 + c]
+            c0 += c
+    if "region_id" in maps:
+        out["region_id"] = torch.full((B * S * S,), -1, dtype=torch.int64, device=device).index_copy_(
+            0, vis.pix, region).view(B, 1, S, S)
     return {m: out[m] for m in maps}
 
 
-def _region_ids(vertex_region: torch.Tensor, faces: torch.Tensor, fragments: Fragments) -> torch.Tensor:
-    """(B, H, W) int64 region code of the nearest (largest-weight) triangle vertex; -1 off-mesh."""
-    fi = fragments.face_idx
-    corner = fragments.bary.argmax(-1)  # (B, H, W)
-    vid = faces[fi.clamp_min(0), corner]
-    reg = vertex_region.to(torch.int64)[vid]
-    return torch.where(fi >= 0, reg, torch.full_like(reg, -1))
+def _region_ids(vertex_region: torch.Tensor, vis: Visible) -> torch.Tensor:
+    """(N,) int64 region code per covered pixel: that of the triangle vertex with the largest
+    barycentric weight (the nearest corner; the first on ties)."""
+    b0, b1, b2 = vis.bary
+    v0, v1, v2 = vis.vid
+    v = torch.where(b1 > b0, v1, v0)
+    v = torch.where(b2 > torch.maximum(b0, b1), v2, v)
+    return vertex_region.to(torch.int64).index_select(0, v)
 
 
 def stack_conditioning(maps: dict[str, torch.Tensor], keys: tuple[str, ...] | list[str]) -> torch.Tensor:

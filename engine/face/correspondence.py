@@ -343,50 +343,6 @@ def transfer_triangle_labels(points: np.ndarray, verts: np.ndarray, tris: np.nda
     return out
 
 
-def orient_triangles(tris: np.ndarray, verts: np.ndarray, outward: np.ndarray | None = None) -> np.ndarray:
-    """Make a triangle soup consistently oriented (BFS over shared edges, per connected
-    component), then flip each component so its area-weighted normal agrees with ``outward``
-    (default +Z: the face looks toward the viewer in model space)."""
-    tris = np.asarray(tris, np.int64).copy()
-    outward = np.array([0.0, 0.0, 1.0]) if outward is None else np.asarray(outward, np.float64)
-    edge_map: dict[tuple[int, int], list[int]] = {}
-    for i, (a, b, c) in enumerate(tris):
-        for u, v in ((a, b), (b, c), (c, a)):
-            edge_map.setdefault((min(u, v), max(u, v)), []).append(i)
-    seen = np.zeros(len(tris), bool)
-    comp = np.full(len(tris), -1)
-    n_comp = 0
-    for start in range(len(tris)):
-        if seen[start]:
-            continue
-        seen[start] = True
-        comp[start] = n_comp
-        stack = [start]
-        while stack:
-            i = stack.pop()
-            a, b, c = tris[i]
-            for u, v in ((a, b), (b, c), (c, a)):
-                for j in edge_map[(min(u, v), max(u, v))]:
-                    if seen[j]:
-                        continue
-                    # A consistently oriented neighbour traverses the shared edge as (v, u).
-                    ja, jb, jc = tris[j]
-                    directed = {(ja, jb), (jb, jc), (jc, ja)}
-                    if (u, v) in directed:
-                        tris[j] = tris[j][::-1]
-                    seen[j] = True
-                    comp[j] = n_comp
-                    stack.append(j)
-        n_comp += 1
-    tv = verts[tris]
-    area_n = np.cross(tv[:, 1] - tv[:, 0], tv[:, 2] - tv[:, 0])
-    for k in range(n_comp):
-        m = comp == k
-        if (area_n[m].sum(0) @ outward) < 0:
-            tris[m] = tris[m][:, ::-1]
-    return tris
-
-
 def boundary_loops(tris: np.ndarray) -> list[np.ndarray]:
     """Closed boundary loops (vertex index arrays, in traversal order) of a manifold mesh."""
     count: dict[tuple[int, int], int] = {}
@@ -560,7 +516,9 @@ def embed_mediapipe(model, *, face_tri_rows: np.ndarray, eye_tri_rows: np.ndarra
     in_band = np.isin(mt, band_rows)
     lips_v = face_v[in_band & (md < 1.0) & np.isin(region[face_v], [int(Region.SKIN), int(Region.HEAD)])]
     if label_face_skin:
-        inside = (mbary > 1e-3).all(1) & (md < 0.5)
+        # on the registered MediaPipe face (points past its oval project onto the border
+        # and quickly get farther than this)
+        inside = md < 0.3
         skin = face_v[inside & np.isin(region[face_v], [int(Region.SKIN), int(Region.HEAD)])]
         head = face_v[~inside & np.isin(region[face_v], [int(Region.SKIN), int(Region.HEAD)])]
         region[skin] = int(Region.SKIN)

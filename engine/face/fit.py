@@ -48,13 +48,22 @@ Strategy (``fit_sequence``):
    Gauss-Newton fit of identity + log-focal + every subset frame's pose and expression on up
    to ``identity_frames`` frames spread over the sequence. The per-frame blocks are
    eliminated by a Schur complement (bundle-adjustment structure), so a step costs linear
-   time in frames.
+   time in frames. The focal step is a "dolly zoom" (every translation scales with the
+   focal length, keeping the face's image size), which decouples it from the depths.
+   The focal prior's centre ``f0`` puts the subject ``focal_prior_distance_cm`` away.
 3. **All frames**: identity and focal fixed; per-frame Gauss-Newton (batched, independent
    frames, per-frame Levenberg-Marquardt acceptance), then Gauss-Newton with the temporal
    term, solving the block-pentadiagonal normal equations by preconditioned conjugate
-   gradients (block-Jacobi preconditioner). Box constraints on expressions are handled by a
-   projected Newton step (Bertsekas 1982): coefficients at a bound whose gradient pushes
-   outward are held, the rest stepped and clamped.
+   gradients (block-Jacobi preconditioner). Box constraints on expressions: each step solves
+   the bound-constrained quadratic model by projected Newton (Bertsekas 1982), batched.
+
+Other entry points: :class:`OnlineFitter` / :func:`fit_frames_online` (frame by frame, causal,
+identity and focal fixed), :func:`postprocess` (output smoothing of the fitted tracks with
+:mod:`engine.face.smoothing`), :func:`project_landmarks` (the forward model).
+
+Cost: CPU, one torch thread by default (``num_threads``), float32; about 5 ms per frame for the
+per-frame stages with the ICT model (100 identity, 57 expression components, 478 landmarks)
+plus a per-actor identity/focal stage of a few seconds (``bench/fit.py`` measures it).
 
 Frames the caller marks invalid (no face, ...) or with too few finite landmarks are never
 fitted: ``FitResult.fitted`` is False for them; their parameters are linearly interpolated
@@ -67,7 +76,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
@@ -113,15 +122,15 @@ class FitConfig:
     # --- schedule -----------------------------------------------------------------------
     identity_frames: int = 200          # frames (spread evenly) for identity + focal
     identity_iterations: int = 12       # joint Gauss-Newton steps on that subset
-    sweep_frames: int = 24              # frames for the focal sweep
+    sweep_frames: int = 16              # frames for the focal sweep
     sweep_identity_components: int = 20  # leading identity components free during the sweep
-    sweep_iterations: int = 5
+    sweep_iterations: int = 4
     focal_fov_candidates_deg: tuple[float, ...] = (6.0, 9.0, 13.0, 18.0, 25.0, 34.0, 45.0, 60.0)
-    frame_iterations: int = 6           # per-frame Gauss-Newton steps on all frames
-    smooth_iterations: int = 3          # Gauss-Newton steps with the temporal term
+    frame_iterations: int = 6           # per-frame Gauss-Newton steps on all frames (max)
+    smooth_iterations: int = 5          # Gauss-Newton steps with the temporal term (max)
     pcg_iterations: int = 30            # conjugate-gradient steps per smooth step (max)
     pcg_tolerance: float = 1e-4         # relative residual
-    tolerance: float = 1e-5             # relative energy decrease counted as converged
+    tolerance: float = 3e-4             # relative energy decrease per step counted as converged
     lm_damping: float = 1e-4            # initial Levenberg-Marquardt damping (x diag)
     # --- data term ----------------------------------------------------------------------
     robust_loss: str = "geman_mcclure"  # "geman_mcclure" | "huber" | "l2"
@@ -132,10 +141,16 @@ class FitConfig:
     contour_weight: float = 1.0         # ... and on the face-oval contour
     min_landmarks: int = 30             # a valid frame with fewer finite landmarks is skipped
     # --- priors and smoothness ----------------------------------------------------------
-    identity_prior: float = 0.005       # lambda_id on (id / model.id_std)^2
+    identity_prior: float = 0.001       # lambda_id on (id / model.id_std)^2
     expression_prior: float = 0.02      # lambda_exp on (e / range width)^2
     focal_prior: float = 0.01           # lambda_f on (log f - log f0)^2
-    focal_prior_fov_deg: float = 20.0   # f0 as a field of view over max(W, H)
+    # f0 puts the subject at this distance: f0 = median tracked IOD (px) * distance / model IOD
+    # (cm). Framing-independent, unlike a field of view: a tight 256 px crop of a face has a
+    # narrow effective field of view, a wide shot of the same camera a wide one. Focal length
+    # and distance trade off almost freely in landmark data (perspective is weak at 1 m), so
+    # this weak prior is what settles them when the data cannot.
+    focal_prior_distance_cm: float = 100.0
+    focal_prior_fov_deg: float = 20.0   # f0 when the model has no eye corners; OnlineFitter default
     focal_fov_bounds_deg: tuple[float, float] = (2.0, 120.0)
     rotation_smooth: float = 50.0       # lambda on second differences, per rad^2
     translation_smooth: float = 0.05    # per cm^2
@@ -144,8 +159,11 @@ class FitConfig:
     # --- misc ---------------------------------------------------------------------------
     invalid_frames: str = "interpolate"  # "interpolate" | "nan"
     device: str = "cpu"
-    num_threads: int | None = None      # torch intra-op threads during the fit (None: as set)
-    chunk_frames: int = 256             # frames per Jacobian chunk (bounds memory)
+    # torch intra-op threads during the fit (None: leave as set). One: the work is many small
+    # batched ops, where extra threads mostly add synchronisation and, on a loaded machine,
+    # slow the fit down several times; run parallel fits as separate processes instead.
+    num_threads: int | None = 1
+    chunk_frames: int = 64              # frames per Jacobian chunk (cache-sized: faster than big ones)
 
     def validate(self) -> None:
         if self.robust_loss not in ("geman_mcclure", "huber", "l2"):
@@ -170,6 +188,8 @@ class FitConfig:
             raise ConfigError(f"fit.focal_fov_bounds_deg must satisfy 0 < lo < hi < 180, got {(lo, hi)!r}")
         if not self.focal_fov_candidates_deg or not all(lo <= c <= hi for c in self.focal_fov_candidates_deg):
             raise ConfigError("fit.focal_fov_candidates_deg must be non-empty and inside focal_fov_bounds_deg")
+        if not self.focal_prior_distance_cm > 0:
+            raise ConfigError(f"fit.focal_prior_distance_cm must be > 0, got {self.focal_prior_distance_cm!r}")
         if not 0 < self.focal_prior_fov_deg < 180:
             raise ConfigError(f"fit.focal_prior_fov_deg must be in (0, 180), got {self.focal_prior_fov_deg!r}")
 
@@ -368,6 +388,8 @@ class LandmarkBasis:
         self.mean = torch.as_tensor(mean, **f32)                       # (P, 3)
         self.id_basis = torch.as_tensor(id_b, **f32)                   # (K_id, P, 3)
         self.exp_basis = torch.as_tensor(exp_b, **f32)                 # (K_exp, P, 3)
+        self.id_basis_p3k = self.id_basis.permute(1, 2, 0).contiguous()  # (P, 3, K_id)
+        self.exp_basis_p3k = self.exp_basis.permute(1, 2, 0).contiguous()  # (P, 3, K_exp)
         self.exp_lo = torch.as_tensor(rng[:, 0], **f32)
         self.exp_hi = torch.as_tensor(rng[:, 1], **f32)
         self.exp_width = torch.as_tensor(width, **f32)
@@ -375,6 +397,10 @@ class LandmarkBasis:
         self.weight = torch.as_tensor(weight, **f32)                   # (P,)
         self.rigid_weight = torch.as_tensor(rigid, **f32)              # (P,)
         self.device = torch.device(device)
+        self._shape_cache: tuple | None = None  # (identity, shape): the identity is often fixed
+        # inter-ocular distance of the mean face (cm), for the focal prior
+        a, b = (np.nonzero(emb == i)[0] for i in EYE_OUTER_CORNERS)
+        self.model_iod_cm = float(np.linalg.norm(mean[a[0]] - mean[b[0]])) if a.size and b.size else None
 
     @property
     def n_points(self) -> int:
@@ -382,12 +408,19 @@ class LandmarkBasis:
 
     def shape(self, identity: torch.Tensor) -> torch.Tensor:
         """Neutral-expression landmark positions (P, 3) of an identity."""
-        return self.mean + torch.einsum("k,kpc->pc", identity, self.id_basis)
+        cacheable = not identity.requires_grad
+        if cacheable and self._shape_cache is not None and torch.equal(self._shape_cache[0], identity):
+            return self._shape_cache[1]
+        base = self.mean + (identity @ self.id_basis.reshape(self.n_id, self.n_points * 3)).reshape(self.n_points, 3)
+        if cacheable:
+            self._shape_cache = (identity.detach().clone(), base)
+        return base
 
     def points(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """(m, P, 3) landmark positions (frontal-rotated model space) for (m, K_exp) expressions."""
         base = self.shape(identity)
-        return base + (expression @ self.exp_basis.reshape(self.n_exp, -1)).reshape(-1, self.n_points, 3)
+        flat = expression @ self.exp_basis.reshape(self.n_exp, self.n_points * 3)
+        return base + flat.reshape(expression.shape[0], self.n_points, 3)
 
 
 # --------------------------------------------------------------------------------------
@@ -404,9 +437,6 @@ class _State:
 
     def clone(self) -> "_State":
         return _State(self.r.clone(), self.t.clone(), self.e.clone(), self.ident.clone(), self.phi.clone())
-
-    def take(self, sel: torch.Tensor) -> "_State":
-        return _State(self.r[sel], self.t[sel], self.e[sel], self.ident, self.phi)
 
     @property
     def frame_params(self) -> torch.Tensor:
@@ -560,26 +590,58 @@ class _Solver:
         q0, q1, q2 = q.unbind(-1)
         y0, y1, y2 = (v[..., None] for v in y.unbind(-1))
         qxy = torch.stack([q1 * y2 - q2 * y1, q2 * y0 - q0 * y2, q0 * y1 - q1 * y0], -1)
-        jac = torch.empty(m_, P, 2, self.D, dtype=proj.dtype, device=proj.device)
-        jac[..., :3] = -(qxy @ _right_jacobian(st.r[sl])[:, None])
-        jac[..., 3:6] = pm
-        jac[..., 6:] = torch.einsum("mpij,kpj->mpik", q, self.b.exp_basis)
-        jac = jac.reshape(m_, P * 2, self.D)
+        # The Jacobian is kept in two blocks (pose: 6 columns, expression: K) rather than
+        # written into one (m, 2P, D) array: that copy alone cost as much as J^T J.
+        jr = -(qxy.reshape(m_, P * 2, 3) @ _right_jacobian(st.r[sl]))   # (m, 2P, 3)
+        jp = torch.cat([jr, pm.reshape(m_, P * 2, 3)], -1)             # (m, 2P, 6)
+        je = torch.einsum("mpij,pjk->mpik", q, self.b.exp_basis_p3k).reshape(m_, P * 2, -1)
         rw = (d * sc[..., None]).reshape(m_, P * 2, 1)
-        A = jac.transpose(1, 2) @ jac
-        g = (jac.transpose(1, 2) @ rw)[..., 0]
+        jpt, jet = jp.transpose(1, 2), je.transpose(1, 2)
+        A = proj.new_empty(m_, self.D, self.D)
+        A[:, :6, :6] = jpt @ jp
+        A[:, :6, 6:] = jpt @ je
+        A[:, 6:, :6] = A[:, :6, 6:].transpose(1, 2)
+        A[:, 6:, 6:] = jet @ je
+        rwt = rw.transpose(1, 2)
+        g = torch.cat([rwt @ jp, rwt @ je], -1)[:, 0]
+
+        def jt_mul(x: torch.Tensor) -> torch.Tensor:  # J^T x for x (m, 2P, c)
+            return torch.cat([jpt @ x, jet @ x], 1)
+
         if n_shared_id == 0 and not with_focal:
             return energy, A, g, None, None, None
-        parts = []
-        if n_shared_id:
-            parts.append(torch.einsum("mpij,kpj->mpik", q, self.b.id_basis[:n_shared_id]))
+        # Shared columns. The identity rows of J are q_p @ Lid_p with Lid_p (3, K) the same in
+        # every frame, so sum_t J_id^T J_id = sum_p Lid_p^T (sum_t q_tp^T q_tp) Lid_p: sum the
+        # 3x3 blocks over frames first (much cheaper than the (2 m P, K) product).
+        k = n_shared_id
+        ds = k + int(with_focal)
+        Hs = proj.new_zeros(ds, ds)
+        gs = proj.new_zeros(ds)
+        B = proj.new_zeros(m_, self.D, ds)
+        rw_p = rw.reshape(m_, P, 2)
+        if k:
+            lid = self.b.id_basis_p3k[:, :, :k]                            # (P, 3, K)
+            ji = torch.einsum("mpij,pjk->mpik", q, lid).reshape(m_, P * 2, k)
+            B[..., :k] = jt_mul(ji)
+            mbar = torch.einsum("mpia,mpib->pab", q, q)                   # (P, 3, 3)
+            lid_flat = lid.reshape(P * 3, k)
+            Hs[:k, :k] = lid_flat.T @ (mbar @ lid).reshape(P * 3, k)
+            gs[:k] = lid_flat.T @ torch.einsum("mpia,mpi->pa", q, rw_p).reshape(P * 3)
         if with_focal:
-            parts.append(((proj - self.center) * sc[..., None])[..., None])
-        js = torch.cat(parts, -1).reshape(m_, P * 2, -1)
-        B = jac.transpose(1, 2) @ js
-        js2 = js.reshape(-1, js.shape[-1])
-        Hs = js2.T @ js2
-        gs = (js2 * rw.reshape(-1, 1)).sum(0)
+            # "Dolly zoom" parametrisation: a focal change dphi also scales every frame's
+            # translation by exp(dphi), which keeps the face's image size; the focal column is
+            # then only the (weak) perspective change, not a large effect the per-frame depths
+            # must cancel. Without it Gauss-Newton crawls along the focal/depth valley.
+            t_cam = st.t[sl]
+            jf = (proj - self.center) * sc[..., None] + (pm @ t_cam[:, None, :, None])[..., 0]
+            jf_flat = jf.reshape(m_, P * 2, 1)
+            B[..., -1:] = jt_mul(jf_flat)
+            Hs[-1, -1] = (jf * jf).sum()
+            gs[-1] = (jf * rw_p).sum()
+            if k:
+                v = torch.einsum("mpia,mpi->pa", q, jf).reshape(P * 3)
+                Hs[:k, -1] = self.b.id_basis_p3k[:, :, :k].reshape(P * 3, k).T @ v
+                Hs[-1, :k] = Hs[:k, -1]
         return energy, A, g, B, Hs, gs
 
     def _frame_system(self, st: _State, sigma: float, n_shared_id: int = 0, with_focal: bool = False):
@@ -633,20 +695,71 @@ class _Solver:
         return out
 
     @staticmethod
-    def _chol_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Batched SPD solve in float64; a failing factorisation gets more diagonal loading."""
-        A64, b64 = A.double(), b.double()
-        L, info = torch.linalg.cholesky_ex(A64)
-        if bool((info > 0).any()):
-            idx = torch.arange(A.shape[-1], device=A.device)
-            load = A64[..., idx, idx].abs().mean(-1) * 1e-6 + 1e-9
-            A64 = A64.clone()
-            A64[..., idx, idx] += load[..., None]
-            L = torch.linalg.cholesky(A64)
-        return torch.cholesky_solve(b64[..., None], L)[..., 0].to(A.dtype)
+    def _factor(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched Cholesky of SPD matrices after Jacobi scaling (unit diagonal), so float32
+        is accurate enough; a matrix that still fails is factored in float64 with loading."""
+        idx = torch.arange(A.shape[-1], device=A.device)
+        scale = A[..., idx, idx].clamp_min(1e-30).rsqrt()                  # (m, D)
+        As = A * scale[..., :, None] * scale[..., None, :]
+        L, info = torch.linalg.cholesky_ex(As.float())
+        bad = info > 0
+        if bool(bad.any()):
+            A64 = As[bad].double()
+            A64[..., idx, idx] += 1e-6
+            L = L.clone()
+            L[bad] = torch.linalg.cholesky(A64).float()
+        return L, scale
+
+    @staticmethod
+    def _solve_factored(fac: tuple[torch.Tensor, torch.Tensor], b: torch.Tensor) -> torch.Tensor:
+        L, scale = fac
+        y = torch.linalg.solve_triangular(L, (b * scale).float()[..., None], upper=False)
+        x = torch.linalg.solve_triangular(L.transpose(-1, -2), y, upper=True)[..., 0]
+        return x.to(b.dtype) * scale
+
+    def _chol_solve(self, A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self._solve_factored(self._factor(A), b)
+
+    def _spd_inverse(self, A: torch.Tensor) -> torch.Tensor:
+        L, scale = self._factor(A)
+        return torch.cholesky_inverse(L) * scale[..., :, None] * scale[..., None, :]
 
     def _clamp(self, theta: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(theta, self.hi), self.lo)
+
+    def _box_qp(self, A: torch.Tensor, g: torch.Tensor, theta: torch.Tensor, iterations: int = 12) -> torch.Tensor:
+        """Per-frame step s minimising g^T s + s^T A s / 2 subject to lo <= theta + s <= hi.
+
+        Projected Newton for bound-constrained QPs (Bertsekas 1982), batched over frames:
+        variables at a bound whose gradient points outward are held, a Newton step is taken
+        in the others and projected back onto the box, with a backtracking choice of the
+        step length on the quadratic model. A single clamped Newton step is not enough here:
+        expression blendshapes are strongly correlated and many sit at 0, so clamping one
+        coefficient invalidates the Newton step of its correlated partners."""
+        lo, hi = self.lo - theta, self.hi - theta
+        x = torch.zeros_like(g)
+        todo = torch.arange(g.shape[0], device=g.device)
+        alphas = torch.tensor([0.0, 1.0, 0.5, 0.25, 0.1], dtype=g.dtype, device=g.device)
+        eps = 1e-7
+        for _ in range(iterations):
+            if todo.numel() == 0:
+                break
+            At, gt, lt, ht, xt = A[todo], g[todo], lo[todo], hi[todo], x[todo]
+
+            grad = gt + (At @ xt[..., None])[..., 0]
+            active = ((xt <= lt + eps) & (grad > 0)) | ((xt >= ht - eps) & (grad < 0))
+            Af, gf = self._mask_system(At, grad, ~active)
+            d = -self._chol_solve(Af, gf)
+            # candidate step lengths 0, 1, 1/2, 1/4, 1/10 evaluated at once on the model
+            cand = torch.maximum(torch.minimum(xt + alphas[:, None, None] * d, ht), lt)   # (5, n, D)
+            qc = (gt * cand).sum(-1) + 0.5 * (cand * (At @ cand[..., None])[..., 0]).sum(-1)
+            qc[1:] = torch.where(qc[1:] < qc[:1] - 1e-7 * qc[:1].abs(), qc[1:], qc[:1] + 1.0)
+            pick = qc.argmin(0)
+            best_x = cand.gather(0, pick[None, :, None].expand(1, *xt.shape))[0]
+            moved = (best_x - xt).abs().amax(-1) > 1e-6 * (1 + xt.abs().amax(-1))
+            x[todo] = best_x
+            todo = todo[moved]
+        return x
 
     # ---- solvers ---------------------------------------------------------------------------
     def solve_frames(self, st: _State, iterations: int, gnc: bool, history: list, stage: str) -> bool:
@@ -657,11 +770,9 @@ class _Solver:
             sigma = self._sigma(it, gnc)
             energy, A, g, *_ = self._frame_system(st, sigma)
             theta = st.frame_params
-            free = self._free_mask(theta, g)
-            A, g = self._mask_system(A, g, free)
-            delta = self._chol_solve(self._damp(A, mu), g)
+            step = self._box_qp(self._damp(A, mu), g, theta)
             cand = st.clone()
-            cand.set_frame_params(self._clamp(theta - delta))
+            cand.set_frame_params(self._clamp(theta + step))
             new_energy = self.frame_energy(cand, sigma)
             better = new_energy <= energy
             st.set_frame_params(torch.where(better[:, None], cand.frame_params, theta))
@@ -674,36 +785,51 @@ class _Solver:
         return converged
 
     def solve_smooth(self, st: _State, iterations: int, history: list, stage: str) -> bool:
-        """Gauss-Newton with the temporal term: PCG on the block-pentadiagonal normal equations."""
+        """Gauss-Newton with the temporal term: PCG on the block-pentadiagonal normal equations.
+
+        Bounds: the active set is taken from the per-frame box QP of the block-diagonal part
+        (data, priors and the diagonal of the smoothness operator); those coefficients move
+        to their bound, the coupled system is solved for the others, and the step is
+        projected with backtracking on the true energy."""
         sigma = self.cfg.robust_scale
         mu = torch.tensor(self.cfg.lm_damping, device=st.r.device)
         converged = False
+        idx = torch.arange(self.D, device=st.r.device)
+        sdiag = self._smooth_diag()
         for it in range(iterations):
             energy, A, g, *_ = self._frame_system(st, sigma)
             theta = st.frame_params
             total = energy.sum() + self.smooth_energy(theta)
             g = g + self._smooth_apply(theta)
-            free = self._free_mask(theta, g)
-            A, g = self._mask_system(A, g, free)
-            fm = free.to(A.dtype)
-            sdiag = self._smooth_diag() * fm
             accepted = False
+            new_total = total
             for _retry in range(4):
                 Ad = self._damp(A, mu.expand(self.m))
-                idx = torch.arange(self.D, device=A.device)
                 P = Ad.clone()
                 P[:, idx, idx] += sdiag * (1 + mu)
-                delta = self._pcg(Ad, fm, g, P, mu)
-                cand = st.clone()
-                cand.set_frame_params(self._clamp(theta - delta))
-                new_total = self.frame_energy(cand, sigma).sum() + self.smooth_energy(cand.frame_params)
-                if new_total <= total:
-                    st.set_frame_params(cand.frame_params)
+                s0 = self._box_qp(P, g, theta)
+                moved = theta + s0
+                free = (moved > self.lo + 1e-7) & (moved < self.hi - 1e-7)
+                fm = free.to(A.dtype)
+                s_act = s0 * (1 - fm)
+                rhs = -(g + (Ad @ s_act[..., None])[..., 0] + self._smooth_apply(s_act) * (1 + mu)) * fm
+                A_f, rhs = self._mask_system(Ad, rhs, free)
+                P_f, _ = self._mask_system(P, rhs, free)
+                step = self._pcg(A_f, fm, rhs, P_f, mu) * fm + s_act
+                for alpha in (1.0, 0.5, 0.25):
+                    cand = st.clone()
+                    cand.set_frame_params(self._clamp(theta + alpha * step))
+                    cand_total = self.frame_energy(cand, sigma).sum() + self.smooth_energy(cand.frame_params)
+                    if cand_total <= total:
+                        st.set_frame_params(cand.frame_params)
+                        new_total = cand_total
+                        accepted = True
+                        break
+                if accepted:
                     mu = (mu / 3).clamp_min(1e-7)
-                    accepted = True
                     break
                 mu = (mu * 4).clamp_max(1e7)
-            t_old, t_new = float(total), float(new_total if accepted else total)
+            t_old, t_new = float(total), float(new_total)
             history.append({"stage": stage, "iteration": it, "energy": t_new / max(self.m, 1)})
             if not accepted or t_old - t_new <= self.cfg.tolerance * max(t_old, 1e-12):
                 converged = True
@@ -713,13 +839,14 @@ class _Solver:
     def _pcg(self, A: torch.Tensor, fm: torch.Tensor, b: torch.Tensor, precond: torch.Tensor,
              mu: torch.Tensor) -> torch.Tensor:
         """Solve (A + mask(L(1+mu))) x = b by preconditioned CG; A is block-diagonal (m,D,D)."""
-        L64 = torch.linalg.cholesky_ex(precond.double())[0]
+        # explicit block inverses: one factorisation, then a cheap batched mat-vec per step
+        p_inv = self._spd_inverse(precond)
 
         def apply(x: torch.Tensor) -> torch.Tensor:
             return (A @ x[..., None])[..., 0] + self._smooth_apply(x * fm) * fm * (1 + mu)
 
         def prec(x: torch.Tensor) -> torch.Tensor:
-            return torch.cholesky_solve(x.double()[..., None], L64)[..., 0].to(x.dtype)
+            return (p_inv @ x[..., None])[..., 0]
 
         x = prec(b)
         r = b - apply(x)
@@ -777,6 +904,8 @@ class _Solver:
                 Hs[-1, -1] += m * cfg.focal_prior
                 gs[-1] += m * cfg.focal_prior * (st.phi - phi0)
             theta = st.frame_params
+            A_raw, g_raw, B_raw = A, g, B
+            # the Schur complement uses the current active set (bound & gradient outward)
             free = self._free_mask(theta, g)
             A, g = self._mask_system(A, g, free)
             B = B * free.to(B.dtype)[..., None]
@@ -790,15 +919,18 @@ class _Solver:
                 S = Hd - torch.einsum("mda,mdb->ab", B.double(), ainv_b)
                 rhs = gs.double() - torch.einsum("mda,md->a", B.double(), ainv_g[..., 0])
                 d_s = torch.linalg.solve(S + 1e-12 * torch.eye(ds_n, dtype=S.dtype, device=S.device), rhs)
-                d_f = (ainv_g[..., 0] - (ainv_b @ d_s[:, None])[..., 0]).to(theta.dtype)
                 d_s = d_s.to(theta.dtype)
+                # per-frame steps given the shared one, with the box constraints solved exactly
+                g_f = g_raw - (B_raw @ d_s[:, None])[..., 0]
+                step = self._box_qp(self._damp(A_raw, mu.expand(m)), g_f, theta)
                 cand = st.clone()
-                cand.set_frame_params(self._clamp(theta - d_f))
+                cand.set_frame_params(self._clamp(theta + step))
                 if n_shared_id:
                     cand.ident = st.ident.clone()
                     cand.ident[:n_shared_id] -= d_s[:n_shared_id]
                 if with_focal:
                     cand.phi = (st.phi - d_s[-1]).clamp(*phi_bounds)
+                    cand.t = cand.t * torch.exp(cand.phi - st.phi)   # the dolly-zoom coupling
                 new_total = self.frame_energy(cand, sigma).sum() + shared_prior(cand)
                 if new_total <= total:
                     st.r, st.t, st.e, st.ident, st.phi = cand.r, cand.t, cand.e, cand.ident, cand.phi
@@ -865,10 +997,10 @@ class _Solver:
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
-    if not n:
+    old = torch.get_num_threads()
+    if not n or int(n) == old:
         yield
         return
-    old = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
         yield
@@ -966,6 +1098,8 @@ def fit_sequence(model: FaceModelLike, landmarks: np.ndarray, valid: np.ndarray,
     W, H = int(image_size[0]), int(image_size[1])
     if W <= 0 or H <= 0:
         raise ConfigError(f"image_size must be positive (W, H), got {image_size!r}")
+    if focal is not None and not (math.isfinite(float(focal)) and float(focal) > 0):
+        raise ConfigError(f"focal must be a positive number of pixels, got {focal!r}")
     device = torch.device(cfg.device)
     with _torch_threads(cfg.num_threads), torch.inference_mode():
         basis = LandmarkBasis(model, cfg, device)
@@ -977,6 +1111,9 @@ def fit_sequence(model: FaceModelLike, landmarks: np.ndarray, valid: np.ndarray,
         phi_lo = math.log(focal_from_fov(cfg.focal_fov_bounds_deg[1], (W, H)))
         phi_hi = math.log(focal_from_fov(cfg.focal_fov_bounds_deg[0], (W, H)))
         phi0 = math.log(focal_from_fov(cfg.focal_prior_fov_deg, (W, H)))
+        if basis.model_iod_cm and ok.any():
+            f0 = float(np.median(iod_np[ok])) * cfg.focal_prior_distance_cm / basis.model_iod_cm
+            phi0 = min(max(math.log(f0), phi_lo), phi_hi)
         if identity is not None:
             ident = torch.as_tensor(np.asarray(identity, np.float32).reshape(-1), device=device)
             if ident.shape[0] != basis.n_id:

@@ -7,10 +7,14 @@ Needs no third-party model files, so it is the product's default. Two ways to ge
   (Umeyama similarity per frame on points that move little), the identity is the robust
   (per-coordinate median) shape, pixels become centimetres through a nominal adult
   outer-canthal width, and the expression basis is learned from the aligned residuals: a
-  few *semantic* directions obtained by multiple linear regression of the residuals on
-  geometric measures (mouth opening, each eye's lid gap, mouth-corner height and width,
-  brow height), then PCA of what those leave unexplained (``pca_k``), until the basis
-  explains >= 95 % of the residual variance (capped at ``n_exp``).
+  few *semantic* directions (``jawOpen``, ``eyeBlinkLeft/Right``, ``mouthSmile``,
+  ``mouthStretch``, ``browRaise``) obtained by regressing the residuals on geometric
+  measures (inner-lip gap, each eye's lid gap, mouth-corner height, mouth width, brow
+  height) and restricting each to the face area its measure looks at, then PCA of what they
+  leave unexplained (``pca_k``, unit-variance coefficients), until the basis explains
+  >= 95 % of the residual variance (capped at ``n_exp``). Named coefficients are scaled so
+  that 1 is a strong expression (95th percentile of the measure's change); they are
+  relative to the median shape, so e.g. ``jawOpen`` < 0 closes a mouth that rests open.
 * ``load_builtin_model()`` with no path: the *generic* model shipped with the engine as
   ``engine/face/data/builtin_generic_mp468.npz``. It was produced by
   ``python -m engine.face.model_builtin --generate ICT_NPZ`` (``generate_generic_model``): the
@@ -42,7 +46,7 @@ import numpy as np
 
 from engine.errors import ConfigError, MediaError
 from engine.face import landmarks as mp
-from engine.face.correspondence import boundary_loops, embed_points, umeyama
+from engine.face.correspondence import embed_points, umeyama
 from engine.face.model import (FACE_MODEL_CODE_VERSION, N_MP_LANDMARKS, FaceModel, Region, load_face_model_npz,
                                validate_face_model)
 
@@ -63,30 +67,9 @@ _TO_MODEL = np.array([1.0, -1.0, -1.0])
 # topology
 
 
-@functools.lru_cache(maxsize=1)
-def mediapipe_mesh_triangles() -> np.ndarray:
-    """(852,3) int64 triangles of the 468-vertex mesh (holes at mouth and eyes), wound so
-    that normals point out of the face (+Z) in model space."""
-    tris = np.asarray(mp.mediapipe_triangles(fill_holes=False), np.int64).copy()
-    # landmarks.py winds them counter-clockwise on screen (v down) for a frontal face; model
-    # space flips Y and Z, so check the winding on an actual frontal shape and flip if needed.
-    ref = _reference_shape_for_winding()
-    if ref is not None:
-        tv = ref[tris]
-        if np.cross(tv[:, 1] - tv[:, 0], tv[:, 2] - tv[:, 0]).sum(0)[2] < 0:
-            tris = tris[:, ::-1].copy()
-    tris.setflags(write=False)
-    return tris
-
-
-def _reference_shape_for_winding() -> np.ndarray | None:
-    if GENERIC_PATH.is_file():
-        with np.load(GENERIC_PATH, allow_pickle=False) as z:
-            return z["neutral"].astype(np.float64)
-    return None
-
-
 def orient_to_model(tris: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """Wind MediaPipe's triangles (counter-clockwise on screen, v down) so that normals
+    point out of the face (+Z) for a model-space shape (which flips Y and Z)."""
     tv = shape[tris]
     if np.cross(tv[:, 1] - tv[:, 0], tv[:, 2] - tv[:, 0]).sum(0)[2] < 0:
         return tris[:, ::-1].copy()
@@ -172,6 +155,38 @@ def _pair_gap(shape: np.ndarray, pairs) -> np.ndarray:
 
 def _brow_indices(conn) -> np.ndarray:
     return np.array(sorted({int(i) for e in conn for i in e}), np.int64)
+
+
+#: Priority order of the named directions (the first ones are the most reliable measures);
+#: a tuple is a left/right pair regressed jointly.
+SEMANTIC_ORDER = (("jawOpen",), ("eyeBlinkLeft", "eyeBlinkRight"), ("mouthSmile",), ("mouthStretch",), ("browRaise",))
+
+
+def _support_points(key: str) -> list[int]:
+    lips = list(mp.LIPS_OUTER) + list(mp.LIPS_INNER)
+    return {
+        "jawOpen": lips,
+        "eyeBlinkLeft": list(mp.LEFT_EYE),
+        "eyeBlinkRight": list(mp.RIGHT_EYE),
+        "mouthSmile": lips,
+        "mouthStretch": lips,
+        "browRaise": _brow_indices(mp._conn.FACEMESH_LEFT_EYEBROW | mp._conn.FACEMESH_RIGHT_EYEBROW).tolist(),
+    }[key]
+
+
+#: Support radii (full weight up to r0, fading to 0 at r1, cm from the measure's points).
+#: Jaw opening moves the whole lower face (the chin is ~5 cm below the lips); eyelids stay
+#: within ~3 cm of the eye contour, which keeps the two eyes' supports disjoint.
+_SUPPORT_RADII = {"jawOpen": (5.0, 7.0), "eyeBlinkLeft": (1.5, 3.0), "eyeBlinkRight": (1.5, 3.0),
+                  "mouthSmile": (3.0, 5.0), "mouthStretch": (3.0, 5.0), "browRaise": (2.5, 4.0)}
+
+
+def semantic_support(key: str, neutral: np.ndarray) -> np.ndarray:
+    """(468,) weights in [0,1]: where the named direction ``key`` may move vertices."""
+    pts = np.asarray(neutral, np.float64)[_support_points(key)]
+    dist = np.linalg.norm(np.asarray(neutral, np.float64)[:, None] - pts[None], axis=-1).min(1)
+    r0, r1 = _SUPPORT_RADII[key]
+    return np.clip((r1 - dist) / (r1 - r0), 0.0, 1.0)
 
 
 def semantic_measures(shapes: np.ndarray) -> dict[str, np.ndarray]:
@@ -314,38 +329,51 @@ def learn_expression_basis(residuals: np.ndarray, shapes: np.ndarray, neutral: n
     basis, names, ranges = [], [], []
     resid = r
     if cfg.semantic:
+        # Named directions by sequential regression in a fixed priority order (Gram-Schmidt
+        # over the measures): each measure is orthogonalised against those already used, the
+        # residuals are regressed on it (a left/right pair jointly, for partial effects), the
+        # direction is restricted to the measure's facial support, and the named part is
+        # deflated. A measure that only varies with noise explains a negligible share of the
+        # variance and is skipped.
         meas = semantic_measures(shapes)
         m0 = semantic_measures(neutral)
-        cols, mnames = [], []
-        for k, vals in meas.items():
-            c = vals - m0[k]
-            if np.std(c) > 1e-4:
-                cols.append(c)
-                mnames.append(k)
-        while cols:
+        used: list[np.ndarray] = []
+        for group in SEMANTIC_ORDER:
+            raws = [meas[k] - m0[k] for k in group]
+            cols = []
+            for raw in raws:
+                mc = raw - raw.mean()
+                for u_prev in used:
+                    mc = mc - (mc @ u_prev) * u_prev
+                cols.append(mc)
             m = np.stack(cols, 1)
-            mc = m - m.mean(0)
-            w, *_ = np.linalg.lstsq(mc, r, rcond=None)  # (S, D): partial effect per unit measure
-            # share of variance each measure's direction carries (drop weak/collinear ones)
-            share = np.array([((mc[:, j:j + 1] @ w[j:j + 1]) ** 2).sum() / total for j in range(len(cols))])
-            worst = int(np.argmin(share))
-            if share[worst] >= cfg.min_semantic_share:
-                break
-            del cols[worst], mnames[worst]
-        if cols:
-            m = np.stack(cols, 1)
-            mc = m - m.mean(0)
-            w, *_ = np.linalg.lstsq(mc, r, rcond=None)
-            for j, name in enumerate(mnames):
-                # unit coefficient = a strong expression: the 95th percentile of |measure change|
-                unit = float(np.percentile(np.abs(m[:, j]), 95)) or 1.0
-                basis.append(w[j] * unit)
-                names.append(name)
-                ranges.append(_robust_range(m[:, j:j + 1] / unit)[0])
-            # coefficients as a fitter would find them (least squares on the named basis)
-            bmat = np.stack(basis)
-            coef, *_ = np.linalg.lstsq(bmat.T, r.T, rcond=None)
-            resid = r - coef.T @ bmat
+            if np.linalg.norm(m) < 1e-6 * np.sqrt(n):
+                continue
+            # joint regression inside a left/right pair, partial effect per measure
+            w, *_ = np.linalg.lstsq(m, resid, rcond=None)
+            for j, key in enumerate(group):
+                # A named direction only explains motion near the feature its measure looks
+                # at (on real tracks blinks co-occur with speech, and the regression would
+                # otherwise hand mouth motion to eyeBlink*); the rest is left to the PCA.
+                d = (w[j].reshape(N_MESH, 3) * semantic_support(key, neutral)[:, None]).ravel()
+                share = float(((m[:, j:j + 1] @ d[None]) ** 2).sum()) / total
+                if share < cfg.min_semantic_share:
+                    continue
+                # scale: coefficient 1 = a strong expression (95th percentile of |measure change|)
+                scale = float(np.percentile(np.abs(raws[j]), 95)) or 1.0
+                basis.append(d * scale)
+                names.append(key)
+                ranges.append(_robust_range((raws[j] / scale)[:, None])[0])  # relative to the neutral
+                u_new = m[:, j].copy()
+                for u_prev in used:  # keep `used` orthonormal (a pair's columns are correlated)
+                    u_new -= (u_new @ u_prev) * u_prev
+                norm = float(np.linalg.norm(u_new))
+                if norm > 1e-9:
+                    used.append(u_new / norm)
+            if basis:
+                bmat = np.stack(basis)
+                coef, *_ = np.linalg.lstsq(bmat.T, r.T, rcond=None)
+                resid = r - coef.T @ bmat
     # PCA of what the named directions leave
     u, sig, vt = np.linalg.svd(resid, full_matrices=False)
     std = sig / np.sqrt(max(n - 1, 1))
@@ -453,8 +481,11 @@ def builtin_iris(model: FaceModel) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_npz_cached(path: str, mtime_ns: int) -> FaceModel:
-    return load_face_model_npz(path)
+def _load_npz_cached(path: str, mtime_ns: int, generic: bool) -> FaceModel:
+    from dataclasses import replace
+
+    model = load_face_model_npz(path)
+    return replace(model, source="builtin") if generic else model
 
 
 def load_builtin_model(path=None, **kw) -> FaceModel:
@@ -467,7 +498,7 @@ def load_builtin_model(path=None, **kw) -> FaceModel:
             raise MediaError(f"the generic built-in face model is missing from the installation ({p}); "
                              "reinstall Portrait Engine")
         raise MediaError(f"built-in face model not found: {p}")
-    model = _load_npz_cached(str(p.resolve()), p.stat().st_mtime_ns)
+    model = _load_npz_cached(str(p.resolve()), p.stat().st_mtime_ns, path is None)
     if path is None:
         return model
     if "iris_mean" not in model.meta or model.n_vertices != N_MESH:
@@ -585,8 +616,8 @@ def generate_generic_model(ict_path: str | Path, out_path: str | Path = GENERIC_
                                               frames_detected=detected, ict_model_id=ict.model_id(),
                                               seconds=round(time.perf_counter() - t0, 1)))
     model.save(out_path)
+    Path(out_path).chmod(0o644)  # shipped data file: world-readable
     _load_npz_cached.cache_clear()
-    mediapipe_mesh_triangles.cache_clear()
     return model
 
 

@@ -11,7 +11,7 @@ How it rasterises (the rules both implementations share; they give bit-identical
   last row is ``[0, 0, 1]`` works, including a crop intrinsics with an in-plane rotation
   (see :func:`engine.face.conditioning.crop_intrinsics`).
 * **Fixed point**: projected vertices snap to a 1/256-pixel grid (8 sub-pixel bits, as GPU
-  rasterisers do) and edge functions are evaluated *exactly* in int64 at pixel centres. Exact
+  rasterisers do) and edge functions are evaluated *exactly* in integers at pixel centres. Exact
   arithmetic is what makes the fill rule watertight: two triangles sharing an edge see the same
   integer edge function with opposite sign.
 * **Fill rule** (top-left, generalised): a pixel centre on an edge belongs to the triangle whose
@@ -30,10 +30,21 @@ How it rasterises (the rules both implementations share; they give bit-identical
   face is counter-clockwise as seen in the image, i.e. its normal ``(v1-v0) x (v2-v0)``
   points towards the camera (the usual outward winding of a closed mesh).
 
-The vectorised path enumerates each triangle's pixel bounding box exactly (no padding to
-bucket sizes): candidates are generated with ``repeat_interleave`` over per-triangle pixel
-counts, in chunks of bounded size; a triangle bigger than one chunk is split into strips of
-rows, so full-screen triangles need no special case.
+The vectorised path (no Python loop over triangles or pixels):
+
+1. per-triangle set-up for all B*F triangles at once (structure of arrays): snapped
+   vertices, edge functions, fill-rule thresholds, clipped pixel box; unusable triangles drop;
+2. triangles whose box fits in 4 x 4 pixels (most of a dense mesh) test a fixed candidate
+   grid per size class, built by broadcasting a per-column and a per-row term of the edge
+   functions (int32 when the values provably fit, else int64);
+3. larger triangles are scan-converted: per covered row, the exact span of inside columns
+   follows from the three edge functions by integer floor division, and only inside pixels
+   are generated (so a full-screen triangle costs its area, not its box);
+4. all inside fragments go through one ``scatter_reduce('amin')`` z-test, in memory-bounded
+   batches;
+5. the winners' barycentrics and depth are recomputed exactly from the integer edge values.
+
+Background pixels: ``face_idx = -1``, ``depth = +inf``, ``bary = 0``.
 """
 from __future__ import annotations
 
@@ -102,7 +113,7 @@ def project_fixed(verts_cam: torch.Tensor, K: torch.Tensor, near: float = 1e-3
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Project camera-space vertices to the fixed-point image grid.
 
-    Returns ``(xy, z, ok)``: xy (B, V, 2) int64 positions in 1/256 pixel units (``u * 256``
+    Returns ``(xy, z, ok)``: xy (B, V, 2) int32 positions in 1/256 pixel units (``u * 256``
     rounded half-to-even), z (B, V) float32 camera Z, ok (B, V) bool: vertex usable (finite,
     ``Z >= near``, inside the guard band). Shared by both rasterisers so that they start from
     the same integers.
@@ -116,7 +127,7 @@ def project_fixed(verts_cam: torch.Tensor, K: torch.Tensor, near: float = 1e-3
     # abs() of NaN compares False, so non-finite u/v are already excluded by the guard test.
     uf = torch.where(ok, uf, torch.zeros_like(uf))
     vf = torch.where(ok, vf, torch.zeros_like(vf))
-    xy = torch.stack([uf, vf], -1).to(torch.int64)
+    xy = torch.stack([uf, vf], -1).to(torch.int32)
     return xy, Z, ok
 
 
@@ -135,65 +146,73 @@ def _ceil_div(a: torch.Tensor, d: int) -> torch.Tensor:
 
 def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: torch.Tensor,
                     height: int, width: int, cull_backfaces: bool) -> dict[str, torch.Tensor]:
-    """Per-triangle edge functions, fill-rule thresholds and pixel bounding boxes, all (B*F, ...)."""
+    """Per-triangle edge functions, fill-rule thresholds and pixel boxes for all B*F triangles.
+
+    Stored as structure-of-arrays (1-D gathers are several times faster than row gathers):
+    A, B (3, T) int32, C (3, T) int64 with e_k(p) = A_k p.x + B_k p.y + C_k >= 0 inside (p in
+    sub-pixel units), thr (3, T) int32 fill-rule thresholds (inside iff e_k >= thr_k), z (3, T)
+    vertex depths, tot (T,) float32 = sum_k e_k = |2 area|, and the clipped pixel box.
+    """
     B = xy.shape[0]
-    F = faces.shape[0]
-    BF = B * F
-    P = xy[:, faces].reshape(BF, 3, 2)  # int64
-    zt = z[:, faces].reshape(BF, 3)
-    okt = ok[:, faces].reshape(BF, 3).all(1)
-    x = P[..., 0]
-    y = P[..., 1]
-    # Edge k is opposite vertex k: (a, b) = (v1, v2), (v2, v0), (v0, v1).
-    ax, ay = x[:, [1, 2, 0]], y[:, [1, 2, 0]]
-    dx = x[:, [2, 0, 1]] - ax
-    dy = y[:, [2, 0, 1]] - ay
-    # Signed 2*area: (v1-v0) x (v2-v0) = edge function of edge 2 at v2.
-    cross = dx[:, 2] * (y[:, 2] - y[:, 0]) - dy[:, 2] * (x[:, 2] - x[:, 0])
-    s = torch.sign(cross)[:, None]
-    # e_k(p) = s * ((b-a) x (p-a)) = A p.x + B p.y + C, >= 0 inside, sum_k e_k = |cross|.
-    A = -dy * s
-    Bc = dx * s
-    C = (dy * ax - dx * ay) * s
-    top_left = (A > 0) | ((A == 0) & (Bc > 0))
-    thr = (~top_left).to(torch.int64)  # inside iff e_k >= thr_k
-    # Pixel-centre bounding box: columns j with j*SUB + HALF in [xmin, xmax], clipped.
-    j0 = _ceil_div(_min3(x[:, 0], x[:, 1], x[:, 2]) - _HALF, _SUB).clamp_min(0)
-    j1 = torch.div(_max3(x[:, 0], x[:, 1], x[:, 2]) - _HALF, _SUB, rounding_mode="floor").clamp_max(width - 1)
-    i0 = _ceil_div(_min3(y[:, 0], y[:, 1], y[:, 2]) - _HALF, _SUB).clamp_min(0)
-    i1 = torch.div(_max3(y[:, 0], y[:, 1], y[:, 2]) - _HALF, _SUB, rounding_mode="floor").clamp_max(height - 1)
+    fk = [faces[:, k] for k in range(3)]
+    X = [xy[..., 0].index_select(1, f).reshape(-1) for f in fk]  # int32, (T,)
+    Y = [xy[..., 1].index_select(1, f).reshape(-1) for f in fk]
+    zt = torch.stack([z.index_select(1, f).reshape(-1) for f in fk])
+    okt = (ok.index_select(1, fk[0]) & ok.index_select(1, fk[1]) & ok.index_select(1, fk[2])).reshape(-1)
+    # Edge k is opposite vertex k: (a, b) = (v1, v2), (v2, v0), (v0, v1). Coordinates are
+    # within +-2**29, so differences fit int32; products need int64.
+    dx = [X[(k + 2) % 3] - X[(k + 1) % 3] for k in range(3)]
+    dy = [Y[(k + 2) % 3] - Y[(k + 1) % 3] for k in range(3)]
+    # Signed 2*area: (v1-v0) x (v2-v0).
+    cross = dx[2].long() * (Y[2] - Y[0]).long() - dy[2].long() * (X[2] - X[0]).long()
+    s64 = torch.sign(cross)
+    s32 = s64.to(torch.int32)
+    A = torch.stack([-dy[k] * s32 for k in range(3)])
+    Bc = torch.stack([dx[k] * s32 for k in range(3)])
+    # e_k(p) = s * ((b-a) x (p-a)) = A p.x + B p.y + C.
+    C = torch.stack([(dy[k].long() * X[(k + 1) % 3] - dx[k].long() * Y[(k + 1) % 3]) * s64 for k in range(3)])
+    # Fill rule: an edge owns its pixel centres iff its inward normal (A, B) has A > 0 or
+    # (A == 0 and B > 0); the neighbour across the edge has (-A, -B) and does not.
+    thr = ((A < 0) | ((A == 0) & (Bc <= 0))).to(torch.int32)
+    # Pixel-centre box: columns j with j*SUB + HALF in [xmin, xmax], clipped to the image.
+    j0 = _ceil_div(_min3(*X) - _HALF, _SUB).clamp_min(0)
+    j1 = torch.div(_max3(*X) - _HALF, _SUB, rounding_mode="floor").clamp_max(width - 1)
+    i0 = _ceil_div(_min3(*Y) - _HALF, _SUB).clamp_min(0)
+    i1 = torch.div(_max3(*Y) - _HALF, _SUB, rounding_mode="floor").clamp_max(height - 1)
     # Front face = counter-clockwise in the (y-down) image = negative cross: cross has the
     # sign of n . v0 for n = (v1-v0) x (v2-v0), with the camera at the origin.
     valid = okt & ((cross < 0) if cull_backfaces else (cross != 0)) & (j0 <= j1) & (i0 <= i1)
-    return {"A": A, "B": Bc, "C": C, "thr": thr, "z": zt, "tot": cross.abs(), "valid": valid,
-            "i0": i0, "j0": j0, "w": j1 - j0 + 1, "h": i1 - i0 + 1}
+    F = faces.shape[0]
+    face = torch.arange(F, device=xy.device).repeat(B)
+    base = torch.arange(B, device=xy.device).repeat_interleave(F) * (height * width)
+    return {"A": A, "B": Bc, "C": C, "thr": thr, "z": zt, "tot": cross.abs().to(torch.float32),
+            "valid": valid, "i0": i0.long(), "j0": j0.long(), "w": (j1 - j0 + 1).long(),
+            "h": (i1 - i0 + 1).long(), "face": face, "base": base}
 
 
-def _depth_and_bary(e: torch.Tensor, z: torch.Tensor, tot: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def _depth_and_bary(e: list[torch.Tensor], z: list[torch.Tensor], tot: torch.Tensor
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Perspective-correct depth and barycentrics from exact edge values.
 
-    e (N,3) int64 edge values (>= 0), z (N,3) float32 vertex depths, tot (N,) int64 (= sum e).
-    With screen barycentrics b_k = e_k / tot: 1/Z = sum_k b_k / Z_k and the perspective-correct
-    weights are (b_k / Z_k) * Z. The operation order is fixed (the reference repeats it).
+    e: three (N,) integer edge values (>= 0), z: three (N,) float32 vertex depths, tot (N,)
+    float32 (= sum e). With screen barycentrics b_k = e_k / tot: 1/Z = sum_k b_k / Z_k and the
+    perspective-correct weights are (b_k / Z_k) * Z. The operation order is fixed (the
+    reference repeats it), so both rasterisers get bit-identical floats.
     """
-    q = e.to(torch.float32) / z
-    s = q[:, 0] + q[:, 1] + q[:, 2]
-    depth = tot.to(torch.float32) / s
-    return depth, q / s[:, None]
+    q = [e[k].to(torch.float32) / z[k] for k in range(3)]
+    s = q[0] + q[1] + q[2]
+    return tot / s, [qk / s for qk in q]
 
 
-# Candidate grids are (2**lh, 2**lw) pixels per item; bigger bounding boxes are cut into
-# tiles of _TILE x _TILE first.
-_TILE_LOG2 = 6
-_TILE = 1 << _TILE_LOG2
-_NBUCKET = _TILE_LOG2 + 1
-# int32 candidate arithmetic when every edge value of the grid is below this (the sentinel
-# that masks padding columns/rows, -2**30, then cannot overflow either).
-_I32_SAFE = 1 << 29
-_MASKED = -(1 << 30)
+# Items whose pixel box has both sides <= _GRID_MAX test a small candidate grid (cheap for the
+# many tiny triangles of dense meshes); larger ones are scan-converted row by row (exact spans).
+_GRID_MAX_LOG2 = 2
+_GRID_MAX = 1 << _GRID_MAX_LOG2
+_NBUCKET = _GRID_MAX_LOG2 + 1
+_LOG2_LUT = [0, 0] + [int(np.ceil(np.log2(n))) for n in range(2, _GRID_MAX + 1)]
+# int32 grid arithmetic when every edge value of an item's grid is below this.
+_I32_SAFE = 1 << 30
 _MASKED64 = -(1 << 62)
-_LOG2_LUT = [0, 0] + [int(np.ceil(np.log2(n))) for n in range(2, _TILE + 1)]
 
 
 def _default_chunk(device: torch.device) -> int:
@@ -207,10 +226,10 @@ def rasterize(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, hei
 
     verts_cam (B, V, 3) camera-space vertices (float), faces (F, 3) int64, K (3, 3) or
     (B, 3, 3) intrinsics (last row [0, 0, 1]) for an image of ``height`` x ``width`` pixels.
-    ``max_candidates`` bounds the candidate pixels tested at once (a few tens of bytes each).
+    ``max_candidates`` bounds the pixels processed at once (a few tens of bytes each).
     Runs on the device of ``verts_cam``; no Python loop over triangles or pixels (only over
-    at most 49 bounding-box size classes and memory chunks). See the module doc for the fill,
-    depth and dropping rules.
+    a few size classes and memory chunks). See the module doc for the fill, depth and
+    dropping rules.
     """
     if verts_cam.dim() != 3 or verts_cam.shape[-1] != 3:
         raise ValueError(f"verts_cam must be (B,V,3), got {tuple(verts_cam.shape)}")
@@ -218,149 +237,200 @@ def rasterize(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, hei
     faces = faces.to(device=device, dtype=torch.int64)
     if faces.dim() != 2 or faces.shape[-1] != 3:
         raise ValueError(f"faces must be (F,3), got {tuple(faces.shape)}")
-    B = verts_cam.shape[0]
+    B, V = verts_cam.shape[:2]
     F = faces.shape[0]
+    if F and (int(faces.min()) < 0 or int(faces.max()) >= V):
+        raise ValueError(f"faces index vertices outside [0, {V})")
     H, W = int(height), int(width)
-    cap = max(int(max_candidates or _default_chunk(device)), _TILE * _TILE)
+    cap = max(int(max_candidates or _default_chunk(device)), 4 * W)
     with torch.no_grad():
         xy, z, ok = project_fixed(verts_cam, K, near)
         t = _triangle_setup(xy, z, ok, faces, H, W, cull_backfaces)
         zbuf = torch.full((B * H * W,), _KEY_EMPTY, dtype=torch.int64, device=device)
-        if F:
-            _fill_zbuffer(t, zbuf, F, H, W, cap)
+        tri = t["valid"].nonzero().squeeze(1)
+        if tri.numel():
+            sink = _ZSink(t, zbuf, F, cap)
+            small = (t["h"].index_select(0, tri) <= _GRID_MAX) & (t["w"].index_select(0, tri) <= _GRID_MAX)
+            _grid_items(t, tri[small], sink, H, W, cap)
+            _span_items(t, tri[~small], sink, W, cap)
+            sink.flush()
         return _resolve(zbuf, t, B, F, H, W)
 
 
-def _make_items(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Work items (triangle, i0, j0, h, w) with h, w <= _TILE: big boxes are cut into tiles."""
-    tri = t["valid"].nonzero().squeeze(1)
-    i0, j0, h, w = t["i0"][tri], t["j0"][tri], t["h"][tri], t["w"][tri]
-    big = (h > _TILE) | (w > _TILE)
-    if bool(big.any()):
-        device = tri.device
-        bt = big.nonzero().squeeze(1)
-        bh, bw = h[bt], w[bt]
-        nty = _ceil_div(bh, _TILE)
-        ntx = _ceil_div(bw, _TILE)
-        sid = torch.repeat_interleave(bt, nty * ntx)
-        first = torch.cumsum(nty * ntx, 0) - nty * ntx
-        k = torch.arange(sid.numel(), device=device) - torch.repeat_interleave(first, nty * ntx)
-        nx = ntx[torch.repeat_interleave(torch.arange(bt.numel(), device=device), nty * ntx)]
-        ty = torch.div(k, nx, rounding_mode="floor")
-        tx = k - ty * nx
-        small = (~big).nonzero().squeeze(1)
-        ti0 = i0[sid] + ty * _TILE
-        tj0 = j0[sid] + tx * _TILE
-        th = torch.clamp(h[sid] - ty * _TILE, max=_TILE)
-        tw = torch.clamp(w[sid] - tx * _TILE, max=_TILE)
-        tri = torch.cat([tri[small], tri[sid]])
-        i0 = torch.cat([i0[small], ti0])
-        j0 = torch.cat([j0[small], tj0])
-        h = torch.cat([h[small], th])
-        w = torch.cat([w[small], tw])
-    return tri, i0, j0, h, w
+class _ZSink:
+    """Collects inside fragments (triangle, pixel, exact edge values) and z-tests them in
+    batches: per pixel the minimum of (float bits of depth << 32 | face index) is kept."""
+
+    def __init__(self, t: dict[str, torch.Tensor], zbuf: torch.Tensor, F: int, cap: int) -> None:
+        self.t, self.zbuf, self.F, self.cap = t, zbuf, F, cap
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+        self.count = 0
+
+    def add(self, ti: torch.Tensor, pix: torch.Tensor, e: list[torch.Tensor]) -> None:
+        self.parts.append((ti, pix, *e))
+        self.count += ti.numel()
+        if self.count >= self.cap:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        cols = [p[0] if len(self.parts) == 1 else torch.cat(p) for p in zip(*self.parts)]
+        self.parts, self.count = [], 0
+        ti, pix, e = cols[0], cols[1], cols[2:]
+        t = self.t
+        z = [t["z"][k].index_select(0, ti) for k in range(3)]
+        depth, _ = _depth_and_bary(e, z, t["tot"].index_select(0, ti))
+        key = (depth.view(torch.int32).to(torch.int64) << 32) | t["face"].index_select(0, ti)
+        self.zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
 
 
-def _fill_zbuffer(t: dict[str, torch.Tensor], zbuf: torch.Tensor, F: int, H: int, W: int,
-                  cap: int) -> None:
-    device = zbuf.device
-    tri, i0, j0, h, w = _make_items(t)
+def _grid_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, H: int, W: int,
+                cap: int) -> None:
+    """Small boxes: test a fixed (2**lh x 2**lw) candidate grid per triangle, by size class."""
     if tri.numel() == 0:
         return
-    # Per-item edge functions relative to the item's first pixel centre, biased by the fill
-    # rule threshold so that "inside" is simply e >= 0 on all three edges.
-    A = t["A"].index_select(0, tri)
-    Bc = t["B"].index_select(0, tri)
-    thr = t["thr"].index_select(0, tri)
-    C0 = A * (j0 * _SUB + _HALF)[:, None] + Bc * (i0 * _SUB + _HALF)[:, None] + t["C"].index_select(0, tri) - thr
-    A = A * _SUB
-    Bc = Bc * _SUB
-    # Size class ceil(log2(side)) via a lookup table; items whose grid could overflow int32
-    # (huge or far off-screen triangles) get their own int64 classes.
+    device = tri.device
+    i0, j0, h, w = (t[k].index_select(0, tri) for k in ("i0", "j0", "h", "w"))
+    # Size classes: the longer side rounded up to 2**m, the shorter to 2**m or 2**(m-1).
     lut = torch.tensor(_LOG2_LUT, device=device)
     lw, lh = lut[w], lut[h]
-    mag = C0.abs() + A.abs() * ((1 << lw) - 1)[:, None] + Bc.abs() * ((1 << lh) - 1)[:, None]
-    wide = _max3(mag[:, 0], mag[:, 1], mag[:, 2]) >= _I32_SAFE
-    key = lw * _NBUCKET + lh + wide * (_NBUCKET * _NBUCKET)
+    lm = torch.maximum(lw, lh)
+    lw = torch.where(lw < lm, lm - 1, lm)
+    lh = torch.where(lh < lm, lm - 1, lm)
+    sw, sh = 1 << lw, 1 << lh
+    # Normal items: shift the grid left/up so that it stays inside the image; its extra
+    # pixels are then outside the triangle's box and fail the edge test, so no bounds mask is
+    # needed. Special items (grid larger than the image, or edge values beyond int32) take a
+    # masked int64 path.
+    special = (sw > W) | (sh > H)
+    j0 = torch.where(special, j0, torch.minimum(j0, W - sw).clamp_min(0))
+    i0 = torch.where(special, i0, torch.minimum(i0, H - sh).clamp_min(0))
+    # Edge functions relative to the grid's first pixel centre, biased by the fill-rule
+    # threshold so that "inside" is simply e >= 0 on all three edges:
+    # e_k(r, c) = A'_k c + B'_k r + C'_k with A' = A * SUB, B' = B * SUB.
+    px0 = j0 * _SUB + _HALF
+    py0 = i0 * _SUB + _HALF
+    A = [t["A"][k].index_select(0, tri).long() for k in range(3)]
+    Bc = [t["B"][k].index_select(0, tri).long() for k in range(3)]
+    thr = [t["thr"][k].index_select(0, tri) for k in range(3)]
+    C0 = [A[k] * px0 + Bc[k] * py0 + t["C"][k].index_select(0, tri) - thr[k] for k in range(3)]
+    A = [a * _SUB for a in A]
+    Bc = [b * _SUB for b in Bc]
+    mag = [C0[k].abs() + A[k].abs() * (sw - 1) + Bc[k].abs() * (sh - 1) for k in range(3)]
+    special = special | (_max3(*mag) >= _I32_SAFE)
+    key = lw * _NBUCKET + lh + special * (_NBUCKET * _NBUCKET)
     order = torch.argsort(key)
     counts = torch.bincount(key, minlength=2 * _NBUCKET * _NBUCKET).tolist()
-    pix0 = torch.div(tri, F, rounding_mode="floor") * (H * W) + i0 * W + j0
-    tri, thr, w, h, pix0 = tri[order], thr[order], w[order], h[order], pix0[order]
-    A, Bc, C0 = A[order], Bc[order], C0[order]
-    ar = torch.arange(_TILE, device=device)
-    pending: list[tuple[torch.Tensor, ...]] = []
-    n_pending = 0
+    pix0 = (t["base"].index_select(0, tri) + i0 * W + j0).index_select(0, order)
+    tri = tri.index_select(0, order)
+    w, h = w.index_select(0, order), h.index_select(0, order)
+    A64 = torch.stack(A).index_select(1, order)
+    B64 = torch.stack(Bc).index_select(1, order)
+    C64 = torch.stack(C0).index_select(1, order)
+    thr = torch.stack(thr).index_select(1, order)
+    A32, B32, C32 = A64.to(torch.int32), B64.to(torch.int32), C64.to(torch.int32)
+    ar = torch.arange(_GRID_MAX, device=device)
     start = 0
     for bucket, n_b in enumerate(counts):
         if n_b == 0:
             continue
-        wide_b, rest = divmod(bucket, _NBUCKET * _NBUCKET)
+        is_special, rest = divmod(bucket, _NBUCKET * _NBUCKET)
         lw_b, lh_b = divmod(rest, _NBUCKET)
+        cols, rows = ar[:1 << lw_b], ar[:1 << lh_b]
+        offsets = (rows[:, None] * W + cols[None, :]).reshape(-1)
         per_chunk = max(1, cap >> (lw_b + lh_b))
         for s in range(start, start + n_b, per_chunk):
             e = min(s + per_chunk, start + n_b)
-            hit = _bucket_candidates(A[s:e], Bc[s:e], C0[s:e], w[s:e], h[s:e], lw_b, lh_b,
-                                     ar, torch.int64 if wide_b else torch.int32)
-            if hit is None:
+            if is_special:
+                E = _grid_masked(A64[:, s:e], B64[:, s:e], C64[:, s:e], w[s:e], h[s:e], cols, rows)
+            else:
+                E = _grid(A32[:, s:e], B32[:, s:e], C32[:, s:e], cols, rows)
+            m = E[0] | E[1]  # sign bit set iff some edge value is negative
+            m |= E[2]
+            # E is laid out (3, sh, sw, n); 2-D nonzero gives (r * sw + c, item) directly.
+            nz = (m >= 0).view(-1, e - s).nonzero()
+            if nz.shape[0] == 0:
                 continue
-            pending.append((hit[0] + s, *hit[1:]))
-            n_pending += hit[0].numel()
-            if n_pending >= cap:
-                _depth_test(pending, tri, thr, pix0, t, zbuf, F, W)
-                pending, n_pending = [], 0
+            rc, item = nz[:, 0], nz[:, 1]
+            flat = rc * (e - s) + item
+            item = item + s
+            ev = [E[k].view(-1).index_select(0, flat) + thr[k].index_select(0, item) for k in range(3)]
+            sink.add(tri.index_select(0, item), pix0.index_select(0, item) + offsets.index_select(0, rc), ev)
         start += n_b
-    if pending:
-        _depth_test(pending, tri, thr, pix0, t, zbuf, F, W)
 
 
-def _bucket_candidates(A: torch.Tensor, Bc: torch.Tensor, C0: torch.Tensor, w: torch.Tensor,
-                       h: torch.Tensor, lw: int, lh: int, ar: torch.Tensor, dtype: torch.dtype):
-    """Test the (2**lh x 2**lw) candidate grid of every item; return the inside pixels.
+def _grid(A: torch.Tensor, Bc: torch.Tensor, C: torch.Tensor, cols: torch.Tensor,
+          rows: torch.Tensor) -> torch.Tensor:
+    """(3, sh, sw, n) biased edge values of n items' candidate grids, by broadcasting one
+    per-column and one per-row term (no per-candidate gathers). Items are the innermost,
+    contiguous dimension so the broadcast adds vectorise even for 1-pixel grids."""
+    col = cols.to(A.dtype)[None, :, None] * A[:, None, :] + C[:, None, :]  # (3, sw, n)
+    row = rows.to(A.dtype)[None, :, None] * Bc[:, None, :]  # (3, sh, n)
+    return col[:, None, :, :] + row[:, :, None, :]
 
-    Returns (item, row, col, biased edge values (3, N)) or None when nothing is inside.
-    The grid is built by broadcasting a per-column and a per-row term, so no per-candidate
-    gathers are needed; ``dtype`` is int32 when the caller proved it cannot overflow.
+
+def _grid_masked(A: torch.Tensor, Bc: torch.Tensor, C: torch.Tensor, w: torch.Tensor,
+                 h: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Like :func:`_grid` in int64, with grid columns/rows beyond the item's box forced out
+    (a sentinel below -max|term| that cannot overflow int64)."""
+    col = cols[None, :, None] * A[:, None, :] + C[:, None, :]
+    row = rows[None, :, None] * Bc[:, None, :]
+    col[0] = torch.where(cols[:, None] < w[None, :], col[0], torch.full_like(col[0], _MASKED64))
+    row[1] = torch.where(rows[:, None] < h[None, :], row[1], torch.full_like(row[1], _MASKED64))
+    return col[:, None, :, :] + row[:, :, None, :]
+
+
+def _span_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, W: int, cap: int) -> None:
+    """Larger boxes: exact per-row spans (scan conversion), then only inside pixels.
+
+    On row i the biased edge function is affine in the column j: e_k(j) = a_k j + g_k with
+    a_k = A_k * SUB, so "e_k >= 0" is j >= ceil(-g_k / a_k) (a_k > 0) or j <= floor(g_k / -a_k)
+    (a_k < 0), computed with exact integer floor division.
     """
-    sw, sh = 1 << lw, 1 << lh
-    cols, rows = ar[:sw], ar[:sh]
-    colterm = (A[:, :, None] * cols + C0[:, :, None]).to(dtype)  # (n, 3, sw)
-    rowterm = (Bc[:, :, None] * rows).to(dtype)  # (n, 3, sh)
-    # Padding columns / rows beyond the item's box fail edge 0 / edge 1 outright.
-    # (A sentinel below -max|term|, and far enough from the type's minimum not to overflow.)
-    masked = torch.tensor(_MASKED if dtype == torch.int32 else _MASKED64, dtype=dtype, device=A.device)
-    ct0 = torch.where(cols < w[:, None], colterm[:, 0], masked)
-    rt1 = torch.where(rows < h[:, None], rowterm[:, 1], masked)
-    n = A.shape[0]
-    E = torch.empty((3, n, sh, sw), dtype=dtype, device=A.device)
-    torch.add(ct0[:, None, :], rowterm[:, 0, :, None], out=E[0])
-    torch.add(colterm[:, 1, None, :], rt1[:, :, None], out=E[1])
-    torch.add(colterm[:, 2, None, :], rowterm[:, 2, :, None], out=E[2])
-    m = torch.minimum(E[0], E[1])
-    torch.minimum(m, E[2], out=m)
-    flat = (m >= 0).view(-1).nonzero().squeeze(1)
-    if flat.numel() == 0:
-        return None
-    item = flat >> (lw + lh)
-    r = (flat >> lw) & (sh - 1)
-    c = flat & (sw - 1)
-    return item, r, c, E.view(3, -1)[:, flat]
-
-
-def _depth_test(pending: list[tuple[torch.Tensor, ...]], tri: torch.Tensor, thr: torch.Tensor,
-                pix0: torch.Tensor, t: dict[str, torch.Tensor], zbuf: torch.Tensor, F: int,
-                W: int) -> None:
-    """Z-test inside fragments: keep per pixel the min of (depth bits << 32 | face index)."""
-    if len(pending) == 1:
-        item, r, c, eb = pending[0]
-    else:
-        item, r, c, eb = (torch.cat(x, -1) for x in zip(*pending))
-    ti = tri.index_select(0, item)
-    pix = pix0.index_select(0, item) + r * W + c
-    e3 = eb.t().to(torch.int64) + thr.index_select(0, item)
-    depth, _ = _depth_and_bary(e3, t["z"].index_select(0, ti), t["tot"].index_select(0, ti))
-    face = ti - torch.div(ti, F, rounding_mode="floor") * F
-    key = (depth.view(torch.int32).to(torch.int64) << 32) | face
-    zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
+    if tri.numel() == 0:
+        return
+    device = tri.device
+    h = t["h"].index_select(0, tri)
+    R = int(h.sum())
+    row_item = torch.repeat_interleave(torch.arange(tri.numel(), device=device), h, output_size=R)
+    first = torch.repeat_interleave(torch.cumsum(h, 0) - h, h, output_size=R)
+    ti_rows = tri.index_select(0, row_item)
+    i_rows = t["i0"].index_select(0, ti_rows) + torch.arange(R, device=device) - first
+    width = t["w"].index_select(0, ti_rows)
+    # Chunks of rows whose boxes hold at most ~cap pixels (a row holds at most W).
+    cum = torch.cumsum(width, 0)
+    ends = torch.searchsorted(cum, torch.arange(cap, int(cum[-1]) + cap, cap, device=device), right=True)
+    bounds = sorted(set([0] + [min(max(int(x), 1), R) for x in ends.tolist()] + [R]))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        ti = ti_rows[a:b]
+        i = i_rows[a:b]
+        lo = t["j0"].index_select(0, ti)
+        hi = lo + width[a:b] - 1
+        py = i * _SUB + _HALF
+        slope, offset = [], []
+        for k in range(3):
+            A = t["A"][k].index_select(0, ti).long()
+            thr = t["thr"][k].index_select(0, ti)
+            g = A * _HALF + t["B"][k].index_select(0, ti).long() * py + t["C"][k].index_select(0, ti) - thr
+            s = A * _SUB
+            d = torch.div(g, s.abs().clamp_min(1), rounding_mode="floor")
+            lo = torch.where(s > 0, torch.maximum(lo, -d), lo)
+            hi = torch.where(s < 0, torch.minimum(hi, d), hi)
+            hi = torch.where((s == 0) & (g < 0), lo - 1, hi)
+            slope.append(s)
+            offset.append(g + thr)  # unbiased: e_k(j) = s j + offset
+        cnt = (hi - lo + 1).clamp_min(0)
+        N = int(cnt.sum())
+        if N == 0:
+            continue
+        prow = torch.repeat_interleave(torch.arange(b - a, device=device), cnt, output_size=N)
+        j = lo.index_select(0, prow) + torch.arange(N, device=device) \
+            - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt, output_size=N)
+        e = [slope[k].index_select(0, prow) * j + offset[k].index_select(0, prow) for k in range(3)]
+        tip = ti.index_select(0, prow)
+        pix = t["base"].index_select(0, tip) + i.index_select(0, prow) * W + j
+        sink.add(tip, pix, e)
 
 
 def _resolve(zbuf: torch.Tensor, t: dict[str, torch.Tensor], B: int, F: int, H: int, W: int
@@ -377,39 +447,100 @@ def _resolve(zbuf: torch.Tensor, t: dict[str, torch.Tensor], B: int, F: int, H: 
         rem = pix - b * (H * W)
         i = torch.div(rem, W, rounding_mode="floor")
         j = rem - i * W
-        ti = b * F + face_idx[pix]
-        px = (j * _SUB + _HALF)[:, None]
-        py = (i * _SUB + _HALF)[:, None]
-        e3 = t["A"].index_select(0, ti) * px + t["B"].index_select(0, ti) * py + t["C"].index_select(0, ti)
-        d, bc = _depth_and_bary(e3, t["z"].index_select(0, ti), t["tot"].index_select(0, ti))
-        depth[pix] = d
-        bary[pix] = bc
+        ti = b * F + face_idx.index_select(0, pix)
+        px = j * _SUB + _HALF
+        py = i * _SUB + _HALF
+        e = [t["A"][k].index_select(0, ti) * px + t["B"][k].index_select(0, ti) * py
+             + t["C"][k].index_select(0, ti) for k in range(3)]
+        z = [t["z"][k].index_select(0, ti) for k in range(3)]
+        d, bc = _depth_and_bary(e, z, t["tot"].index_select(0, ti))
+        depth.index_copy_(0, pix, d)
+        bary.index_copy_(0, pix, torch.stack(bc, 1))
     return Fragments(face_idx.view(B, H, W), bary.view(B, H, W, 3), depth.view(B, H, W))
 
 
-def interpolate(attrs: torch.Tensor, faces: torch.Tensor, fragments: Fragments,
-                bary: torch.Tensor | None = None) -> torch.Tensor:
-    """Perspective-correct per-pixel interpolation of per-vertex attributes.
+@dataclass
+class Visible:
+    """The covered pixels of :class:`Fragments` as flat lists, structure-of-arrays.
 
-    attrs (B, V, C) or (V, C) -> (B, H, W, C); background pixels are zero. Differentiable with
-    respect to ``attrs`` (and to ``bary`` when given, e.g. from :func:`differentiable_bary`).
+    pix: (N,) flat index into B*H*W; batch: (N,) batch element; vid: three (N,) vertex ids of
+    the visible triangle's corners; bary: three (N,) barycentric weights. Build once with
+    :func:`visible` and share between interpolations.
     """
+
+    pix: torch.Tensor
+    batch: torch.Tensor
+    vid: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    bary: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    shape: tuple[int, int, int]
+
+
+def visible(fragments: Fragments, faces: torch.Tensor) -> Visible:
     fi = fragments.face_idx
     B, H, W = fi.shape
+    flat = fi.reshape(-1)
+    pix = (flat >= 0).nonzero().squeeze(1)
+    f = flat.index_select(0, pix)
     faces = faces.to(device=fi.device, dtype=torch.int64)
-    if bary is None:
-        bary = fragments.bary
+    vid = tuple(faces[:, k].index_select(0, f) for k in range(3))
+    batch = torch.div(pix, H * W, rounding_mode="floor") if B > 1 else torch.zeros_like(pix)
+    bary = fragments.bary.reshape(-1, 3).index_select(0, pix)
+    return Visible(pix, batch, vid, tuple(bary.unbind(1)), (B, H, W))
+
+
+def interpolate(attrs: torch.Tensor, faces: torch.Tensor, fragments: Fragments,
+                bary: torch.Tensor | None = None, *, channels_first: bool = False,
+                vis: Visible | None = None) -> torch.Tensor:
+    """Perspective-correct per-pixel interpolation of per-vertex attributes.
+
+    attrs (B, V, C) or (V, C) -> (B, H, W, C), or (B, C, H, W) with ``channels_first``;
+    background pixels are zero. Differentiable with respect to ``attrs`` (and to ``bary``
+    when given, e.g. from :func:`differentiable_bary`). Work is proportional to the covered
+    pixels only; pass ``vis`` (from :func:`visible`) to share that set-up between calls.
+    """
+    vis = vis if vis is not None else visible(fragments, faces)
+    if bary is not None:
+        b = bary.reshape(-1, 3).index_select(0, vis.pix)
+        vis = Visible(vis.pix, vis.batch, vis.vid, tuple(b.unbind(1)), vis.shape)
+    return scatter_visible(interpolate_visible(attrs, vis), vis, channels_first=channels_first)
+
+
+def interpolate_visible(attrs: torch.Tensor, vis: Visible) -> torch.Tensor:
+    """Interpolated attributes of the covered pixels only, channels first: (C, N).
+
+    Channels-first keeps the N pixels innermost, so the gathers and the weighting vectorise.
+    """
+    B = vis.shape[0]
     if attrs.dim() == 2:
-        attrs = attrs.unsqueeze(0).expand(B, *attrs.shape)
-    if attrs.shape[0] != B:
-        raise ValueError(f"attrs batch {attrs.shape[0]} != fragments batch {B}")
-    C = attrs.shape[-1]
-    fg = fi >= 0
-    vid = faces[fi.clamp_min(0)]  # (B, H, W, 3)
-    bidx = torch.arange(B, device=fi.device).view(B, 1, 1, 1)
-    vals = attrs[bidx, vid]  # (B, H, W, 3, C)
-    w = (bary * fg[..., None]).to(vals.dtype)
-    return (vals * w[..., None]).sum(-2).reshape(B, H, W, C)
+        table, gid = attrs.t(), vis.vid
+    else:
+        if attrs.shape[0] != B:
+            raise ValueError(f"attrs batch {attrs.shape[0]} != fragments batch {B}")
+        V = attrs.shape[1]
+        table = attrs.reshape(B * V, -1).t()
+        off = vis.batch * V
+        gid = tuple(v + off for v in vis.vid)
+    table = table.contiguous()  # (C, V or B*V)
+    w = [b.to(table.dtype) for b in vis.bary]
+    vals = table.index_select(1, gid[0]) * w[0]
+    vals = vals + table.index_select(1, gid[1]) * w[1]
+    return vals + table.index_select(1, gid[2]) * w[2]
+
+
+def scatter_visible(vals: torch.Tensor, vis: Visible, *, channels_first: bool = False) -> torch.Tensor:
+    """(C, N) per covered pixel -> (B, H, W, C) (or (B, C, H, W)) image, zero elsewhere."""
+    B, H, W = vis.shape
+    C = vals.shape[0]
+    if channels_first:
+        # Flat destination (b * C + c) * HW + hw = pix + b * (C - 1) * HW + c * HW.
+        base = vis.pix + vis.batch * ((C - 1) * H * W) if B > 1 else vis.pix
+        idx = (base[None, :] + (torch.arange(C, device=vals.device) * (H * W))[:, None]).reshape(-1)
+        out, src, shape = vals.new_zeros(B * C * H * W), vals.reshape(-1), (B, C, H, W)
+    else:
+        idx, out, src, shape = vis.pix, vals.new_zeros(B * H * W, C), vals.t(), (B, H, W, C)
+    # In place unless autograd must see the copy (the out-of-place form clones the zeros).
+    out = out.index_copy(0, idx, src) if src.requires_grad else out.index_copy_(0, idx, src)
+    return out.view(shape)
 
 
 def differentiable_bary(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,

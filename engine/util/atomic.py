@@ -16,6 +16,12 @@ from typing import Any, Iterator
 from engine.errors import MediaError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, overwrite: bool = True, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it onto ``final``.
@@ -36,6 +42,9 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool = True, fsync: bool
                                     dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; delivered files (frames, movies, reports) must be readable by the
+    # rest of the facility like any other file this user writes: apply the umask instead.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         if fsync:
