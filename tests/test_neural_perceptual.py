@@ -14,8 +14,9 @@ from engine.errors import MediaError
 from engine.neural import perceptual
 from engine.neural.perceptual import STLPIPS, PerceptualLoss, weights_available
 
-needs_weights = pytest.mark.skipif(not weights_available(),
-                                   reason="stlpips-pytorch (VGG weights) not installed: pip install --no-deps stlpips-pytorch")
+needs_weights = pytest.mark.skipif(
+    not weights_available(),
+    reason="stlpips-pytorch (VGG weights) not installed: pip install --no-deps stlpips-pytorch")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -19,7 +19,7 @@ from engine.neural.checkpoint import CHECKPOINT_SCHEMA, Checkpoint, CheckpointEr
 from engine.neural.generator import PortraitGenerator
 from engine.neural.perceptual import weights_available
 from engine.neural.synthetic import synthetic_cache
-from engine.neural.train import (Trainer, apply_overrides, checkpoint_active_trainer, config_keys, make_config,
+from engine.neural.train import (Trainer, checkpoint_active_trainer, config_keys, make_config,
                                  preset_config)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -91,8 +91,10 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12)
                       a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
                       a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], -1)  # (B, F, 3)
     vn = torch.zeros_like(verts)
-    vn.index_add_(1, faces.reshape(-1), fn.repeat_interleave(3, dim=1))
-    return vn / vn.norm(dim=-1, keepdim=True).clamp_min(eps)
+    for k in range(3):
+        vn.index_add_(1, faces[:, k], fn)
+    length = (vn[..., 0] * vn[..., 0] + vn[..., 1] * vn[..., 1] + vn[..., 2] * vn[..., 2]).sqrt()
+    return vn / length.clamp_min(eps)[..., None]
 
 
 def normalise_canonical(neutral: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,15 @@ How it rasterises (the rules both implementations share; they give bit-identical
   inward edge normal ``(a, b)`` has ``a > 0`` or ``a == 0 and b > 0``. The neighbour across a
   shared edge has the negated normal, so every pixel centre of a tiled surface is covered
   exactly once (no cracks, no double cover).
-* **Depth test**: perspective-correct depth ``Z = 1 / sum_k(b_k / Z_k)`` (``b`` the screen-space
-  barycentrics) in float32; smaller Z wins, ties go to the smaller face index. The vectorised
-  path packs ``(float bits of Z) << 32 | face index`` into an int64 and keeps the minimum per
-  pixel with ``scatter_reduce('amin')``: positive float32 bit patterns order like the floats,
-  so this is an exact z-test, not a quantised one.
+* **Depth test**: inverse depth is affine in the image, ``1/Z = 1/Z_0 + ga (x - x_0) + gb (y - y_0)``
+  relative to the snapped vertex 0, evaluated in float32 (in a fixed operation order); the
+  nearer surface wins, ties go to the smaller face index. The vectorised path packs
+  ``(bits(+inf) - bits(1/Z)) << 32 | face index`` into an int64 and keeps the minimum per
+  pixel with ``scatter_reduce('amin')``: non-negative float32 bit patterns order like the
+  floats, so the comparison is exact on those floats (not quantised).
+* **Outputs**: for the winning triangle, perspective-correct barycentrics
+  ``(b_k / Z_k) / sum_j (b_j / Z_j)`` from the exact integer edge values ``b_k = e_k / tot``
+  and the depth ``Z = tot / sum_k (e_k / Z_k)``, in float32.
 * **Dropped triangles** (documented limitations, no clipping): a triangle is not drawn if any
   vertex has ``Z < near`` (behind or too close to the camera) or a non-finite coordinate, if
   its projection leaves the guard band (|u| or |v| beyond 2**21 pixels), or if its snapped
@@ -40,7 +44,7 @@ The vectorised path (no Python loop over triangles or pixels):
 3. larger triangles are scan-converted: per covered row, the exact span of inside columns
    follows from the three edge functions by integer floor division, and only inside pixels
    are generated (so a full-screen triangle costs its area, not its box);
-4. all inside fragments go through one ``scatter_reduce('amin')`` z-test, in memory-bounded
+4. every inside fragment's key goes through ``scatter_reduce('amin')``, in memory-bounded
    batches;
 5. the winners' barycentrics and depth are recomputed exactly from the integer edge values.
 
@@ -61,6 +65,7 @@ _HALF = _SUB // 2
 _GUARD = 1 << 29
 _KEY_EMPTY = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
+_INF_BITS = 0x7F800000
 
 
 @dataclass
@@ -182,12 +187,32 @@ def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: 
     # Front face = counter-clockwise in the (y-down) image = negative cross: cross has the
     # sign of n . v0 for n = (v1-v0) x (v2-v0), with the camera at the origin.
     valid = okt & ((cross < 0) if cull_backfaces else (cross != 0)) & (j0 <= j1) & (i0 <= i1)
+    # Inverse depth is affine in the image: 1/Z(p) = sum_k e_k(p) / (tot Z_k). Relative to the
+    # snapped vertex 0 (where e_0 = tot, e_1 = e_2 = 0) that is
+    #   1/Z = 1/Z_0 + ga (p.x - x_0) + gb (p.y - y_0),  ga = sum_k A_k / Z_k / tot, ...
+    # evaluated in float32 in this fixed order (the reference repeats it) for the z-test keys.
+    tot = cross.abs().to(torch.float32)
+    Af, Bf = A.to(torch.float32), Bc.to(torch.float32)
+    ga = ((Af[0] / zt[0] + Af[1] / zt[1]) + Af[2] / zt[2]) / tot
+    gb = ((Bf[0] / zt[0] + Bf[1] / zt[1]) + Bf[2] / zt[2]) / tot
+    w0 = 1.0 / zt[0]
     F = faces.shape[0]
     face = torch.arange(F, device=xy.device).repeat(B)
     base = torch.arange(B, device=xy.device).repeat_interleave(F) * (height * width)
-    return {"A": A, "B": Bc, "C": C, "thr": thr, "z": zt, "tot": cross.abs().to(torch.float32),
+    return {"A": A, "B": Bc, "C": C, "thr": thr, "z": zt, "tot": tot,
             "valid": valid, "i0": i0.long(), "j0": j0.long(), "w": (j1 - j0 + 1).long(),
-            "h": (i1 - i0 + 1).long(), "face": face, "base": base}
+            "h": (i1 - i0 + 1).long(), "face": face, "base": base,
+            "ga": ga, "gb": gb, "w0": w0, "x0": X[0].long(), "y0": Y[0].long()}
+
+
+def _zkey(invz: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """int64 z-buffer key, smaller = nearer: (bits of +inf - bits of 1/Z) << 32 | face.
+
+    Non-negative float32 bit patterns order like the floats, so this is an exact comparison of
+    the float 1/Z values (clamped at 0 against rounding), ties going to the smaller face index.
+    """
+    bits = invz.clamp_min(0).view(torch.int32).to(torch.int64)
+    return ((_INF_BITS - bits) << 32) | face
 
 
 def _depth_and_bary(e: list[torch.Tensor], z: list[torch.Tensor], tot: torch.Tensor
@@ -249,7 +274,7 @@ def rasterize(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, hei
         zbuf = torch.full((B * H * W,), _KEY_EMPTY, dtype=torch.int64, device=device)
         tri = t["valid"].nonzero().squeeze(1)
         if tri.numel():
-            sink = _ZSink(t, zbuf, F, cap)
+            sink = _ZSink(zbuf, cap)
             small = (t["h"].index_select(0, tri) <= _GRID_MAX) & (t["w"].index_select(0, tri) <= _GRID_MAX)
             _grid_items(t, tri[small], sink, H, W, cap)
             _span_items(t, tri[~small], sink, W, cap)
@@ -258,30 +283,28 @@ def rasterize(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, hei
 
 
 class _ZSink:
-    """Collects inside fragments (triangle, pixel, exact edge values) and z-tests them in
-    batches: per pixel the minimum of (float bits of depth << 32 | face index) is kept."""
+    """Collects (pixel, key) fragments and z-tests them in batches of bounded size: per pixel
+    the minimum key (nearest, then smallest face index) stays in the z-buffer."""
 
-    def __init__(self, t: dict[str, torch.Tensor], zbuf: torch.Tensor, F: int, cap: int) -> None:
-        self.t, self.zbuf, self.F, self.cap = t, zbuf, F, cap
-        self.parts: list[tuple[torch.Tensor, ...]] = []
+    def __init__(self, zbuf: torch.Tensor, cap: int) -> None:
+        self.zbuf, self.cap = zbuf, cap
+        self.pix: list[torch.Tensor] = []
+        self.key: list[torch.Tensor] = []
         self.count = 0
 
-    def add(self, ti: torch.Tensor, pix: torch.Tensor, e: list[torch.Tensor]) -> None:
-        self.parts.append((ti, pix, *e))
-        self.count += ti.numel()
+    def add(self, pix: torch.Tensor, key: torch.Tensor) -> None:
+        self.pix.append(pix)
+        self.key.append(key)
+        self.count += pix.numel()
         if self.count >= self.cap:
             self.flush()
 
     def flush(self) -> None:
-        if not self.parts:
+        if not self.pix:
             return
-        cols = [p[0] if len(self.parts) == 1 else torch.cat(p) for p in zip(*self.parts)]
-        self.parts, self.count = [], 0
-        ti, pix, e = cols[0], cols[1], cols[2:]
-        t = self.t
-        z = [t["z"][k].index_select(0, ti) for k in range(3)]
-        depth, _ = _depth_and_bary(e, z, t["tot"].index_select(0, ti))
-        key = (depth.view(torch.int32).to(torch.int64) << 32) | t["face"].index_select(0, ti)
+        pix = self.pix[0] if len(self.pix) == 1 else torch.cat(self.pix)
+        key = self.key[0] if len(self.key) == 1 else torch.cat(self.key)
+        self.pix, self.key, self.count = [], [], 0
         self.zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
 
 
@@ -323,12 +346,14 @@ def _grid_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, H: 
     order = torch.argsort(key)
     counts = torch.bincount(key, minlength=2 * _NBUCKET * _NBUCKET).tolist()
     pix0 = (t["base"].index_select(0, tri) + i0 * W + j0).index_select(0, order)
+    dx0 = (px0 - t["x0"].index_select(0, tri)).index_select(0, order)
+    dy0 = (py0 - t["y0"].index_select(0, tri)).index_select(0, order)
     tri = tri.index_select(0, order)
+    ga, gb, w0, face = (t[k].index_select(0, tri) for k in ("ga", "gb", "w0", "face"))
     w, h = w.index_select(0, order), h.index_select(0, order)
     A64 = torch.stack(A).index_select(1, order)
     B64 = torch.stack(Bc).index_select(1, order)
     C64 = torch.stack(C0).index_select(1, order)
-    thr = torch.stack(thr).index_select(1, order)
     A32, B32, C32 = A64.to(torch.int32), B64.to(torch.int32), C64.to(torch.int32)
     ar = torch.arange(_GRID_MAX, device=device)
     start = 0
@@ -353,10 +378,14 @@ def _grid_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, H: 
             if nz.shape[0] == 0:
                 continue
             rc, item = nz[:, 0], nz[:, 1]
-            flat = rc * (e - s) + item
             item = item + s
-            ev = [E[k].view(-1).index_select(0, flat) + thr[k].index_select(0, item) for k in range(3)]
-            sink.add(tri.index_select(0, item), pix0.index_select(0, item) + offsets.index_select(0, rc), ev)
+            # 1/Z plane at the pixel: dx, dy relative to the snapped vertex 0, exact integers.
+            dx = dx0.index_select(0, item) + (rc & ((1 << lw_b) - 1)) * _SUB
+            dy = dy0.index_select(0, item) + (rc >> lw_b) * _SUB
+            invz = (w0.index_select(0, item) + gb.index_select(0, item) * dy.to(torch.float32)) \
+                + ga.index_select(0, item) * dx.to(torch.float32)
+            sink.add(pix0.index_select(0, item) + offsets.index_select(0, rc),
+                     _zkey(invz, face.index_select(0, item)))
         start += n_b
 
 
@@ -408,7 +437,6 @@ def _span_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, W: 
         lo = t["j0"].index_select(0, ti)
         hi = lo + width[a:b] - 1
         py = i * _SUB + _HALF
-        slope, offset = [], []
         for k in range(3):
             A = t["A"][k].index_select(0, ti).long()
             thr = t["thr"][k].index_select(0, ti)
@@ -418,19 +446,23 @@ def _span_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, W: 
             lo = torch.where(s > 0, torch.maximum(lo, -d), lo)
             hi = torch.where(s < 0, torch.minimum(hi, d), hi)
             hi = torch.where((s == 0) & (g < 0), lo - 1, hi)
-            slope.append(s)
-            offset.append(g + thr)  # unbiased: e_k(j) = s j + offset
         cnt = (hi - lo + 1).clamp_min(0)
         N = int(cnt.sum())
         if N == 0:
             continue
+        # Per row: 1/Z plane up to the column term, and the pixel index of column 0.
+        row_invz = t["w0"].index_select(0, ti) + t["gb"].index_select(0, ti) \
+            * (py - t["y0"].index_select(0, ti)).to(torch.float32)
+        row_ga = t["ga"].index_select(0, ti)
+        row_x0 = _HALF - t["x0"].index_select(0, ti)
+        row_pix = t["base"].index_select(0, ti) + i * W
+        row_face = t["face"].index_select(0, ti)
         prow = torch.repeat_interleave(torch.arange(b - a, device=device), cnt, output_size=N)
-        j = lo.index_select(0, prow) + torch.arange(N, device=device) \
-            - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt, output_size=N)
-        e = [slope[k].index_select(0, prow) * j + offset[k].index_select(0, prow) for k in range(3)]
-        tip = ti.index_select(0, prow)
-        pix = t["base"].index_select(0, tip) + i.index_select(0, prow) * W + j
-        sink.add(tip, pix, e)
+        j = torch.arange(N, device=device) + torch.repeat_interleave(lo - (torch.cumsum(cnt, 0) - cnt), cnt,
+                                                                     output_size=N)
+        dx = (j * _SUB + row_x0.index_select(0, prow)).to(torch.float32)
+        invz = row_invz.index_select(0, prow) + row_ga.index_select(0, prow) * dx
+        sink.add(row_pix.index_select(0, prow) + j, _zkey(invz, row_face.index_select(0, prow)))
 
 
 def _resolve(zbuf: torch.Tensor, t: dict[str, torch.Tensor], B: int, F: int, H: int, W: int
@@ -583,9 +615,9 @@ def rasterize_naive(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tenso
                     width: int, *, cull_backfaces: bool = False, near: float = 1e-3) -> Fragments:
     """Reference rasteriser: same rules as :func:`rasterize`, written as obvious scalar loops.
 
-    Integer edge functions use Python ints, depth uses numpy float32 scalars in the same
-    operation order as the vectorised path, so results are expected to be identical. Slow:
-    for tests on small images only.
+    Integer edge functions use Python ints; the z-test's 1/Z plane and the output depth and
+    barycentrics use numpy float32 scalars in the same operation order as the vectorised path,
+    so results are expected to be identical. Slow: for tests on small images only.
     """
     xy_t, z_t, ok_t = project_fixed(verts_cam, K, near)
     xy = xy_t.cpu().numpy()
@@ -597,6 +629,8 @@ def rasterize_naive(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tenso
     face_idx = np.full((B, H, W), -1, np.int64)
     depth = np.full((B, H, W), np.inf, np.float32)
     bary = np.zeros((B, H, W, 3), np.float32)
+    best = np.full((B, H, W), np.iinfo(np.int64).max, np.int64)  # z-test keys
+    f32 = np.float32
 
     def edge(a, b, p):
         return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
@@ -617,6 +651,14 @@ def rasterize_naive(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tenso
             for a, b in edges:
                 nx, ny = -sg * (b[1] - a[1]), sg * (b[0] - a[0])
                 tl.append(nx > 0 or (nx == 0 and ny > 0))
+            # 1/Z = 1/Z_0 + ga (p.x - x_0) + gb (p.y - y_0), with ga = sum_k A_k / Z_k / tot
+            # where e_k = A_k p.x + B_k p.y + C_k, A_k = -sg (b.y - a.y), B_k = sg (b.x - a.x).
+            tot = f32(np.int64(abs(area)))
+            Ak = [f32(-sg * (b[1] - a[1])) for a, b in edges]
+            Bk = [f32(sg * (b[0] - a[0])) for a, b in edges]
+            ga = ((Ak[0] / zv[0] + Ak[1] / zv[1]) + Ak[2] / zv[2]) / tot
+            gb = ((Bk[0] / zv[0] + Bk[1] / zv[1]) + Bk[2] / zv[2]) / tot
+            w0 = f32(1.0) / zv[0]
             xmin, xmax = min(p[0] for p in v), max(p[0] for p in v)
             ymin, ymax = min(p[1] for p in v), max(p[1] for p in v)
             # Pixel j's centre is j*SUB + HALF; ceil/floor with Python's exact integer division.
@@ -630,11 +672,14 @@ def rasterize_naive(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tenso
                     e = [sg * edge(a, b, p) for a, b in edges]
                     if not all(ek > 0 or (ek == 0 and tk) for ek, tk in zip(e, tl)):
                         continue
-                    q = [np.float32(np.int64(ek)) / zk for ek, zk in zip(e, zv)]
-                    s = (q[0] + q[1]) + q[2]
-                    d = np.float32(np.int64(abs(area))) / s
-                    if d < depth[bi, i, j]:
-                        depth[bi, i, j] = d
+                    invz = (w0 + gb * f32(p[1] - v[0][1])) + ga * f32(p[0] - v[0][0])
+                    bits = int(np.array(max(invz, f32(0)), np.float32).view(np.int32))
+                    key = ((_INF_BITS - bits) << 32) | f
+                    if key < best[bi, i, j]:
+                        best[bi, i, j] = key
+                        q = [f32(np.int64(ek)) / zk for ek, zk in zip(e, zv)]
+                        s = (q[0] + q[1]) + q[2]
+                        depth[bi, i, j] = tot / s
                         face_idx[bi, i, j] = f
                         bary[bi, i, j] = [q[0] / s, q[1] / s, q[2] / s]
     dev = verts_cam.device

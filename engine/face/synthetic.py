@@ -52,19 +52,43 @@ def astronaut_photo() -> tuple[np.ndarray, np.ndarray]:
     return photo, r.points[:, :2].astype(np.float64)
 
 
-def photo_texture_coords(model: FaceModel, photo_landmarks: np.ndarray) -> np.ndarray:
-    """(V, 2) photo pixel position of every vertex (projective texture of the neutral mesh)."""
-    neutral = torch.as_tensor(model.neutral[None], dtype=torch.float64)
-    lms = model.landmarks(neutral)[0].numpy()                     # (478, 3) on the neutral mesh
+def photo_texture_coords(model: FaceModel, photo_landmarks: np.ndarray, photo_size: tuple[int, int]) -> np.ndarray:
+    """(V, 2) photo pixel position of every vertex: projective texture mapping from the photo's
+    own camera.
+
+    The model (identity, expression, pose, focal) is fitted to the photo's landmarks, so the
+    fitted mesh lies over the face in the photo; each vertex takes the photo position it
+    projects to. The fit's remaining landmark residuals (about 1 % of the inter-ocular
+    distance) are spread over the mesh by a smoothed thin-plate spline, so that every
+    embedded landmark samples the photo exactly where MediaPipe saw that landmark: the
+    renders then show each facial feature where the model's embedding puts it. The mouth
+    and eyes open or close with the photo's expression, so the teeth and eyeballs of a model
+    that has them sample the photo's teeth and eyes.
+    """
+    from scipy.interpolate import RBFInterpolator
+
+    from engine.face.fit import FitConfig, fit_sequence
+
+    lm = np.asarray(photo_landmarks, np.float64)
+    fit = fit_sequence(model, lm[None], np.array([True]), tuple(photo_size), FitConfig(smooth_iterations=0))
+    if not bool(fit.fitted[0]):
+        raise MediaError("the face model could not be fitted to the texture photo's landmarks")
+    with torch.inference_mode():
+        ident = torch.as_tensor(fit.identity[None]) if model.n_id else None
+        verts = model.vertices(ident, torch.as_tensor(fit.expression[:1]))
+        rot = axis_angle_to_matrix(torch.as_tensor(fit.rotation[:1]))
+        cam = (verts @ rot.transpose(1, 2) + torch.as_tensor(fit.translation[:1])[:, None])[0].double().numpy()
+    uv = cam[:, :2] / np.maximum(cam[:, 2:3], 1e-6) * fit.focal + np.asarray(fit.principal_point, np.float64)
     use = (np.asarray(model.landmark_tri) >= 0) & (np.asarray(model.landmark_weight) > 0)
     use[468:] = False                                             # irises move with gaze
-    use &= np.isfinite(photo_landmarks).all(1)
+    proj = np.asarray(fit.landmarks_2d[0], np.float64)
+    use &= np.isfinite(lm).all(1) & np.isfinite(proj).all(1)
     if use.sum() < 6:
         raise MediaError("too few landmarks to place the photo texture on the face model")
-    src = np.concatenate([lms[use, 0:1], -lms[use, 1:2], np.ones((use.sum(), 1))], 1)
-    affine, *_ = np.linalg.lstsq(src, photo_landmarks[use], rcond=None)    # (3, 2)
-    v = model.neutral.astype(np.float64)
-    return np.stack([v[:, 0], -v[:, 1], np.ones(len(v))], 1) @ affine
+    iod = float(np.linalg.norm(lm[33, :2] - lm[263, :2]))
+    tps = RBFInterpolator(proj[use], lm[use, :2] - proj[use], kernel="thin_plate_spline",
+                          smoothing=1e-3 * iod ** 2)
+    return uv + tps(uv)
 
 
 def _draw_triangles(model: FaceModel) -> np.ndarray:
@@ -137,9 +161,11 @@ _ANIMATE = (("jawOpen", 0.55, 0.9), ("eyeBlinkLeft", 0.9, 2.3), ("eyeBlinkRight"
 
 def synthetic_parameters(model: FaceModel, n: int, *, size: tuple[int, int] = (256, 256), focal: float = 600.0,
                          distance_cm: float = 100.0, seed: int = 0, identity_std: float = 0.6,
-                         identity_components: int = 20, fps: float = 25.0) -> SyntheticSequence:
+                         identity_components: int = 20, fps: float = 25.0,
+                         head_offset: np.ndarray | None = None) -> SyntheticSequence:
     """Smooth, plausible parameter tracks: talking-like jaw motion, blinks, smiles, brows,
-    +-20 deg yaw, +-8 deg pitch, +-4 deg roll, a small drift; a random identity."""
+    +-20 deg yaw, +-8 deg pitch, +-4 deg roll about ``head_offset`` (a head axis-angle,
+    default frontal), a small drift; a random identity."""
     from engine.face.fit import head_to_camera_rotation
 
     rng = np.random.default_rng(seed)
@@ -168,6 +194,10 @@ def synthetic_parameters(model: FaceModel, n: int, *, size: tuple[int, int] = (2
     head = np.stack([np.radians(8) * np.sin(2 * np.pi * 0.23 * t + 0.5),
                      np.radians(20) * np.sin(2 * np.pi * 0.17 * t),
                      np.radians(4) * np.sin(2 * np.pi * 0.31 * t + 1.0)], -1)
+    if head_offset is not None:
+        from scipy.spatial.transform import Rotation
+
+        head = (Rotation.from_rotvec(head) * Rotation.from_rotvec(np.asarray(head_offset, np.float64))).as_rotvec()
     rot = head_to_camera_rotation(torch.as_tensor(head, dtype=torch.float32)).numpy()
     trans = np.stack([1.5 * np.sin(2 * np.pi * 0.11 * t), -2.0 + 1.0 * np.cos(2 * np.pi * 0.07 * t),
                       distance_cm + 5.0 * np.sin(2 * np.pi * 0.05 * t)], -1).astype(np.float32)
@@ -181,7 +211,7 @@ def render_sequence(model: FaceModel, seq: SyntheticSequence, photo: np.ndarray 
     """Yield the RGB uint8 frames of ``seq`` (photo-textured; default photo: the astronaut)."""
     if photo is None:
         photo, photo_landmarks = astronaut_photo()
-    tex = photo_texture_coords(model, photo_landmarks)
+    tex = photo_texture_coords(model, photo_landmarks, (photo.shape[1], photo.shape[0]))
     tris = _draw_triangles(model)
     K = seq.intrinsics()
     for a in range(0, len(seq), batch):

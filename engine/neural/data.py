@@ -279,7 +279,9 @@ class FrameCache:
         for name in ("context", "valid", "hole"):
             if name in self._arrays:
                 opt[name] = read(name, _IMAGE, 3 if name == "context" else 1)
-        expr = torch.from_numpy(np.ascontiguousarray(self._arrays["expr"][uniq]))[inv_t] if "expr" in self._arrays else None
+        expr = None
+        if "expr" in self._arrays:
+            expr = torch.from_numpy(np.ascontiguousarray(self._arrays["expr"][uniq]))[inv_t]
         return FrameBatch(cond=cond, target=read("image", _IMAGE, 3), frames=torch.from_numpy(self._frames[idx]),
                           expr=expr, **opt)
 
@@ -386,7 +388,10 @@ class FrameCacheWriter:
             if name in self.arrays:
                 if val is None:
                     raise ConfigError(f"frame cache was created with {name}=True: pass {name} for every frame")
-                t = _image_to_chw_float(val, S) if ch == 3 else torch.as_tensor(val, dtype=torch.float32).reshape(1, S, S)
+                if ch == 3:
+                    t = _image_to_chw_float(val, S)
+                else:
+                    t = torch.as_tensor(val, dtype=torch.float32).reshape(1, S, S)
                 self.arrays[name][index] = _IMAGE.encode(t[None])[0]
         if self.expr_dim:
             if expr is None:
@@ -495,6 +500,15 @@ class Prefetcher:
         self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
 
+        def put(item: tuple) -> bool:
+            while not self._stop.is_set():
+                try:
+                    self._q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def work() -> None:
             try:
                 for s in range(start, stop):
@@ -502,16 +516,10 @@ class Prefetcher:
                     b.clip_len = sampler.clip_len
                     if pin:
                         b = b.pin_memory()
-                    while not self._stop.is_set():
-                        try:
-                            self._q.put((s, b, None), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if self._stop.is_set():
+                    if not put((s, b, None)):
                         return
             except BaseException as exc:  # handed to the consumer, which re-raises it
-                self._q.put((None, None, exc))
+                put((None, None, exc))
 
         self._t = threading.Thread(target=work, name="frame-prefetch", daemon=True)
         self._t.start()

@@ -97,7 +97,9 @@ def evaluate(predict: Predictor, dataset: FrameDataset, indices: Sequence[int], 
     if metric is None:
         from engine.neural.perceptual import STLPIPS
         metric = STLPIPS()
-    picks = set(np.linspace(0, len(idx) - 1, min(n_images, len(idx))).round().astype(int).tolist()) if out_dir else set()
+    picks: set[int] = set()
+    if out_dir is not None:
+        picks = set(np.linspace(0, len(idx) - 1, min(n_images, len(idx))).round().astype(int).tolist())
     per: dict[str, list[float]] = {}
     frames: list[int] = []
     images: list[Path] = []
@@ -146,7 +148,8 @@ class NearestNeighbourBaseline:
         self.hole_dilate = hole_dilate
         first = dataset.get(self.train[:1])
         self.use_expr = use_expr and first.expr is not None
-        feats = [self._features(dataset.get(self.train[i:i + batch_size])) for i in range(0, len(self.train), batch_size)]
+        feats = [self._features(dataset.get(self.train[i:i + batch_size]))
+                 for i in range(0, len(self.train), batch_size)]
         f = torch.cat(feats)
         self.mean = f.mean(0, keepdim=True)
         self.std = f.std(0, keepdim=True).clamp_min(1e-6) if self.use_expr else torch.ones_like(self.mean)

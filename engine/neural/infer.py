@@ -58,8 +58,9 @@ class Renderer:
         return self.model.cfg
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", expected_face_model_id: str | None = None,
-                        amp: bool = True, channels_last: bool = True) -> "Renderer":
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto",
+                        expected_face_model_id: str | None = None, amp: bool = True,
+                        channels_last: bool = True) -> "Renderer":
         """Load ``model.pt`` or a training ``checkpoint.pt``; a face-model mismatch is a ConfigError."""
         dev = resolve_device(device)
         ckpt = Checkpoint.load(Path(path), map_location="cpu", expected_face_model_id=expected_face_model_id)

@@ -23,7 +23,8 @@ class LossConfig:
     l1: photometric L1 on the composite. perceptual: ST-LPIPS/VGG feature loss
     (perceptual_mode "lpips" or "vgg", first perceptual_layers VGG blocks, evaluated at most
     at perceptual_size px, on every perceptual_stride-th frame of the batch: 2 = one frame
-    per 2-frame clip, half the cost, which on CPU is most of a draft step). velocity: temporal L1 on consecutive-frame differences.
+    per 2-frame clip, half the cost, which on CPU is most of a draft step).
+    velocity: temporal L1 on consecutive-frame differences.
     mouth_weight / face_weight: extra pixel weight on the (dilated) mouth interior and on the
     face (1 + extra). mouth_dilate: dilation of the mouth mask (fraction of crop size) so the
     lips around the cavity count as mouth. alpha: matte loss. texture: Thies et al.'s RGB

@@ -41,7 +41,8 @@ def _background(S: int, t: float) -> torch.Tensor:
     return torch.stack([r, g, b], 0)
 
 
-def synthetic_frame(t: int, size: int, *, period: float = 40.0) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def synthetic_frame(t: int, size: int, *, period: float = 40.0
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Frame ``t`` (0-based): (maps name -> (1, C, S, S), image (3, S, S) in [0, 1], expr (2,))."""
     S = size
     yaw = 0.5 * math.sin(2 * math.pi * t / (1.7 * period))
@@ -92,7 +93,8 @@ def synthetic_frame(t: int, size: int, *, period: float = 40.0) -> tuple[dict[st
     return {k: m[None].float() for k, m in maps.items()}, img, torch.tensor([jaw, yaw], dtype=torch.float32)
 
 
-def synthetic_frames(n: int, size: int, first_frame: int = 1001) -> Iterator[tuple[int, dict, torch.Tensor, torch.Tensor]]:
+def synthetic_frames(n: int, size: int, first_frame: int = 1001
+                     ) -> Iterator[tuple[int, dict, torch.Tensor, torch.Tensor]]:
     for t in range(n):
         maps, img, expr = synthetic_frame(t, size)
         yield first_frame + t, maps, img, expr

@@ -314,8 +314,10 @@ def make_config(preset: str = "draft", overrides: Mapping[str, Any] | None = Non
     return cfg
 
 
-# Keys that may differ between a checkpoint and the config resuming it: they do not change
-# what the next step computes.
+# Keys that may differ between a checkpoint and the config resuming it. All but ``steps``
+# leave what each step computes unchanged; raising ``steps`` extends a finished run, which
+# also stretches the cosine learning-rate schedule (so it is not the run a larger ``steps``
+# would have been from the start -- exact-resume guarantees hold for an unchanged config).
 _RESUMABLE_KEYS = {"steps", "checkpoint_every", "log_every", "device", "threads", "time_limit_s",
                    "data.prefetch", "data.holdout_fraction"}
 
@@ -401,7 +403,8 @@ class Trainer:
         rest = [p for n, p in self.model.named_parameters() if "texture" not in n]
         o = config.optim
         self.optimizer = torch.optim.Adam(
-            [{"params": rest, "lr": o.lr, "base_lr": o.lr}, {"params": tex, "lr": o.texture_lr, "base_lr": o.texture_lr}],
+            [{"params": rest, "lr": o.lr, "base_lr": o.lr},
+             {"params": tex, "lr": o.texture_lr, "base_lr": o.texture_lr}],
             betas=o.betas, weight_decay=o.weight_decay, **({"fused": True} if self.use_cuda else {}))
         self.losses = Losses(config.loss, perceptual).to(self.device)
         self.step = 0
