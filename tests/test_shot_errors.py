@@ -178,8 +178,8 @@ def test_output_template_parent_dir(tmp_path):
 
 @pytest.mark.parametrize("template, words", [
     ("{show}/{task}/{version}", "must start with {root}"),
-    ("{root}//abs/{task}/{version}", "empty path components"),
-    ("{root}/{user}/{task}/{version}", "unknown template field {user}"),
+    ("{root}//abs/{task}/{version}", "empty, '.' or '..' components"),
+    ("{root}/{user}/{task}/{version}", "field {user} is unknown"),
     ("{root}/{show}/{task}", "must contain {version}"),
     ("{root}/{show!r}/{task}/{version}", "format spec or conversion"),
     ("{root}/x..y/{task}/{version}", "'..'"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.shot import (SCHEMA_LABEL, Shot, ShotConfigError, load_shot, parse_shot, shot_to_dict,
-                         timecode_to_frames)
+                         timecode_to_frames, validate_shot)
 from engine.shot.values import parse_fps
 
 MINIMAL = """\
@@ -263,33 +263,20 @@ def test_check_files_false_skips_existence_only(tmp_path):
         load_shot(path, check_files=False)
 
 
-def test_output_dirs_and_auto_version(tmp_path):
-    shot = load_shot(write(tmp_path, MINIMAL))
-    root = tmp_path / "portrait_out"
-    assert shot.output_dir("render", 3) == root / "demo" / "sq010" / "sh010" / "render" / "v003"
-    assert shot.resolve_version(["render", "qc"]) == 1
-    (root / "demo/sq010/sh010/render/v001").mkdir(parents=True)
-    (root / "demo/sq010/sh010/qc/v004").mkdir(parents=True)
-    (root / "demo/sq010/sh010/render/notaversion").mkdir(parents=True)
-    assert shot.existing_versions("render") == [1]
-    assert shot.resolve_version(["render", "qc"]) == 5
-    pinned = dataclasses.replace(shot, version=2)
-    assert pinned.resolve_version(["render"]) == 2
-    with pytest.raises(ValueError):
-        shot.output_dir("../x", 1)
-    # A Shot built in code bypasses the loader's template checks; output_dir still refuses.
-    escaping = dataclasses.replace(shot, output=dataclasses.replace(shot.output, template="{root}/../{task}/{version}"))
-    with pytest.raises(ValueError, match="escapes"):
-        escaping.output_dir("render", 1)
-
-
-def test_version_in_custom_template_component(tmp_path):
-    text = MINIMAL + "output: {template: '{root}/{shot}_{task}/{shot}_{version}'}\n"
+def test_output_template_follows_the_version_allocator(tmp_path):
+    from engine.pipeline import allocate_version
+    text = MINIMAL + "output: {template: '{root}/{show}/{shot}/{task}/{version}'}\n"
     shot = load_shot(write(tmp_path, text))
-    root = tmp_path / "portrait_out"
-    (root / "sh010_render" / "sh010_v007").mkdir(parents=True)
-    assert shot.output_dir("render", 8) == root / "sh010_render" / "sh010_v008"
-    assert shot.resolve_version(["render"]) == 8
+    v = allocate_version(shot.output.template, {"root": shot.output.root, "show": shot.show,
+                                                "sequence": shot.sequence, "shot": shot.shot, "task": "render"},
+                         config_hash=shot.config_hash())
+    assert v.path == tmp_path / "portrait_out" / "demo" / "sh010" / "render" / "v001"
+    v.release()
+    # {version} must be a whole folder name (the allocator creates and seals that folder).
+    bad = MINIMAL + "output: {template: '{root}/{shot}_{task}/{shot}_{version}'}\n"
+    problems = validate_shot(write(tmp_path, bad))
+    assert len(problems) == 1 and problems[0].key_path == "output.template"
+    assert "last component" in problems[0].message
 
 
 def test_merge_keys_and_anchors(tmp_path):

@@ -90,6 +90,10 @@ def validate_template(template: str) -> str:
                               f"valid fields: {', '.join(TEMPLATE_FIELDS)}")
         if spec or conv:
             raise ConfigError(f"output template field {{{fname}}} may not have a format spec or conversion")
+    if ".." in t:
+        # Stricter than path semantics need ("x..y" is a legal name), but a template is
+        # written once per show: refusing every '..' leaves no doubt that nothing escapes root.
+        raise ConfigError(f"output template may not contain '..': {template!r}")
     if "\\" in t:
         raise ConfigError(f"output template may not contain '\\': {template!r}")
     parts = t.split("/")

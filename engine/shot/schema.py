@@ -13,12 +13,10 @@ so a loaded shot never holds ``None``/``auto`` placeholders for them.
 """
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from engine.shot.fields import spec
 from engine.shot.values import (AUTO, TEMPLATE_FIELDS, cosine_range, frame_placeholder,
@@ -390,42 +388,3 @@ class Shot:
     @property
     def version_label(self) -> str | None:
         return version_label(self.version) if isinstance(self.version, int) else None
-
-    def output_dir(self, task: str, version: int) -> Path:
-        """The folder of one task's outputs at one version; always inside ``output.root``."""
-        if not re.match(r"^[A-Za-z0-9_-]+$", task):
-            raise ValueError(f"invalid task name {task!r}")
-        if version < 1:
-            raise ValueError(f"invalid version {version}")
-        root = Path(self.output.root)
-        text = self.output.template.format(root=str(root), show=self.show, sequence=self.sequence,
-                                           shot=self.shot, task=task, version=version_label(version))
-        out = Path(os.path.normpath(text))
-        # Defence in depth: the template is validated at load; still never hand out a path
-        # that escapes the root (a Shot can also be built directly in code).
-        if out != root and root not in out.parents:
-            raise ValueError(f"output template escapes output.root: {out}")
-        return out
-
-    def existing_versions(self, task: str) -> list[int]:
-        """Versions that already have a folder for ``task`` (sorted)."""
-        marker = "\0VERSION\0"
-        text = self.output.template.format(root=str(self.output.root), show=self.show,
-                                           sequence=self.sequence, shot=self.shot, task=task,
-                                           version=marker)
-        before, after = text.split(marker, 1)
-        parent, _, prefix = before.rpartition("/")
-        component = after.split("/", 1)[0]
-        rx = re.compile("^" + re.escape(prefix) + r"v(\d{3,})" + re.escape(component) + "$")
-        try:
-            names = [p.name for p in Path(parent).iterdir()]
-        except OSError:
-            return []
-        return sorted(int(m.group(1)) for m in map(rx.match, names) if m)
-
-    def resolve_version(self, tasks: Iterable[str]) -> int:
-        """The pinned version, or (``auto``) one more than the highest existing over ``tasks``."""
-        if isinstance(self.version, int):
-            return self.version
-        highest = max((v for t in tasks for v in self.existing_versions(t)), default=0)
-        return highest + 1

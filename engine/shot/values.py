@@ -180,38 +180,19 @@ REQUIRED_TEMPLATE_FIELDS = ("task", "version")
 
 
 def parse_template(value: str) -> str:
-    """An output folder template that cannot escape ``{root}`` (see the reference)."""
-    if "\\" in value:
-        raise ValueError("template must use '/' separators, not '\\'")
-    fields: list[str] = []
+    """An output folder template that cannot escape ``{root}`` (see the reference).
+
+    The rules are the ones :func:`engine.pipeline.versions.validate_template` enforces when a
+    version folder is allocated, so a shot that validates also runs; on top, the shot needs
+    ``{task}`` so that tasks never share a folder.
+    """
+    from engine.errors import ConfigError
+    from engine.pipeline.versions import validate_template
     try:
-        parsed = list(string.Formatter().parse(value))
-    except ValueError as exc:
-        raise ValueError(f"invalid template {value!r}: {exc}") from None
-    for literal, name, spec_, conversion in parsed:
-        if name is None:
-            continue
-        if name not in TEMPLATE_FIELDS:
-            raise ValueError(f"unknown template field {{{name}}}; allowed: "
-                             + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS))
-        if spec_ or conversion:
-            raise ValueError(f"template field {{{name}}} must not have a format spec or conversion")
-        fields.append(name)
-    if not value.startswith("{root}"):
-        raise ValueError("template must start with {root} (outputs stay inside output.root)")
-    if fields.count("root") != 1:
-        raise ValueError("{root} must appear exactly once, at the start")
-    rest = value[len("{root}"):]
-    if rest and not rest.startswith("/"):
-        raise ValueError("template must continue with '/' after {root}")
-    if ".." in rest:
-        raise ValueError("template must not contain '..' (outputs must stay inside output.root)")
-    parts = rest.split("/")[1:] if rest else []
-    if any(p == "" for p in parts):
-        raise ValueError("template must not contain empty path components ('//' or a trailing '/')")
-    for p in parts:
-        if p == "." or p.startswith("~"):
-            raise ValueError(f"template must not contain a {p!r} component")
+        validate_template(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    fields = [name for _lit, name, _spec, _conv in string.Formatter().parse(value) if name]
     missing = [f for f in REQUIRED_TEMPLATE_FIELDS if f not in fields]
     if missing:
         raise ValueError("template must contain " + " and ".join("{" + f + "}" for f in missing)
