@@ -212,7 +212,7 @@ def test_vertex_normals_are_area_weighted() -> None:
 def test_crop_intrinsics_equal_projecting_then_warping() -> None:
     g = torch.Generator().manual_seed(0)
     K_plate = torch.tensor([[1500.0, 0, 960.0], [0, 1500.0, 540.0], [0, 0, 1]], dtype=torch.float64)
-    pts = (torch.randn(1, 50, 3, generator=g, dtype=torch.float64) * 5 + torch.tensor([0, 0, 60.0], dtype=torch.float64))
+    pts = torch.randn(1, 50, 3, generator=g, dtype=torch.float64) * 5 + torch.tensor([0, 0, 60.0], dtype=torch.float64)
     s, ang = 0.37, math.radians(17.0)
     A = torch.tensor([[s * math.cos(ang), -s * math.sin(ang), -210.3],
                       [s * math.sin(ang), s * math.cos(ang), 55.7]], dtype=torch.float64)
@@ -250,7 +250,8 @@ def test_render_with_crop_intrinsics_matches_plate_render_warp() -> None:
     A = torch.tensor([[2.0, 0, -16.0], [0, 2.0, -8.0]])
     crop = rasterize(verts, f, crop_intrinsics(K_plate, A), 96, 96)
     plate_hi = rasterize(verts, f, K_plate * torch.tensor([[2.0], [2.0], [1.0]]), 160, 192)
-    # Scaling K by 2 (with cx, cy) gives a 2x plate; the crop is its window at (16-0, 8-0).
+    # Scaling K's first two rows by 2 renders the plate at 2x; the crop is its window whose
+    # top-left corner is at (u, v) = (16, 8) in that 2x image, i.e. rows 8.., columns 16...
     assert torch.equal(crop.face_idx[0], plate_hi.face_idx[0, 8:104, 16:112])
 
 

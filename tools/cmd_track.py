@@ -62,14 +62,15 @@ def _stages(args: argparse.Namespace) -> tuple[list, dict, str]:
         return stages, deps, shot.executor.kind
     from engine.face.track import open_media
 
-    # Probe first: a missing or corrupt file is one line here, not a failed stage.
+    # Options first, then probe: a missing or corrupt file is one line here, not a failed stage.
     fps = _parse_fps(args.fps)
+    frames = parse_frames(args.frames)
+    face_model = _face_model(args, FaceModelConfig())
     source, _, _ = open_media(target, fps, args.start_frame)
     source.close()
-    frames = parse_frames(args.frames)
     root = Path(args.out or "portrait_out").resolve()
-    track = TrackStage(Path(target).resolve() if not _looks_like_pattern(target) else Path(target), root,
-                       fps=fps, start_frame=args.start_frame, face_model=_face_model(args, FaceModelConfig()),
+    track = TrackStage(Path(target).resolve(), root,
+                       fps=fps, start_frame=args.start_frame, face_model=face_model,
                        frames=(frames[0], frames[-1]) if frames else None, name="track")
     stages: list = [track]
     deps: dict[str, list[str]] = {"track": []}
@@ -78,11 +79,6 @@ def _stages(args: argparse.Namespace) -> tuple[list, dict, str]:
         stages.append(ov)
         deps[ov.name] = ["track"]
     return stages, deps, "debug"
-
-
-def _looks_like_pattern(target: str) -> bool:
-    from engine.io.sequence import is_sequence_pattern
-    return is_sequence_pattern(target)
 
 
 def _report(stages: list, results: list) -> int:

@@ -90,9 +90,15 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12)
     fn = torch.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
                       a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
                       a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], -1)  # (B, F, 3)
-    vn = torch.zeros_like(verts)
+    B, V = verts.shape[:2]
+    # Flat 1-D index_add (fast path) of each face normal onto its three corners' x, y, z.
+    off = (torch.arange(B, device=verts.device) * V)[:, None, None]
+    comp = torch.arange(3, device=verts.device)
+    src = fn.reshape(-1)
+    vn = torch.zeros(B * V * 3, dtype=verts.dtype, device=verts.device)
     for k in range(3):
-        vn.index_add_(1, faces[:, k], fn)
+        vn.index_add_(0, ((faces[:, k][None, :, None] + off) * 3 + comp).reshape(-1), src)
+    vn = vn.view(B, V, 3)
     length = (vn[..., 0] * vn[..., 0] + vn[..., 1] * vn[..., 1] + vn[..., 2] * vn[..., 2]).sqrt()
     return vn / length.clamp_min(eps)[..., None]
 

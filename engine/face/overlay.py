@@ -215,7 +215,7 @@ def write_overlay_movie(tracking: TrackingResult, out_path: str | os.PathLike, *
                         overwrite: bool = True, chunk: int = 64) -> Path:
     """Render the review movie of ``tracking`` over its media (``media_path`` overrides the
     path recorded in the file; its content must still hash to what was tracked)."""
-    from engine.face.track import _frames_rgb8, media_sha256, open_media
+    from engine.face.track import display_frames, media_sha256, open_media
     from engine.io import ReviewMovieWriter, probe
     from engine.io.sequence import is_sequence_pattern
 
@@ -243,7 +243,7 @@ def write_overlay_movie(tracking: TrackingResult, out_path: str | os.PathLike, *
                                    audio_offset_frames=offset, crf=cfg.crf, preset=cfg.preset,
                                    overwrite=overwrite, metadata={"comment": f"tracking overlay of {path.name}"}) as mov:
         uv = vis = None
-        for number, rgb in _frames_rgb8(source, first, last, media.get("colourspace", "Rec.709")):
+        for number, rgb in display_frames(source, first, last, media.get("colourspace", "Rec.709")):
             i = int(number - first)
             if i >= n or int(tracking.frame_numbers[i]) != number:
                 raise MediaError(f"{path}: frame {number} is not in the tracking file")

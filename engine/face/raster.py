@@ -153,17 +153,22 @@ def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: 
                     height: int, width: int, cull_backfaces: bool) -> dict[str, torch.Tensor]:
     """Per-triangle edge functions, fill-rule thresholds and pixel boxes for all B*F triangles.
 
-    Stored as structure-of-arrays (1-D gathers are several times faster than row gathers):
-    A, B (3, T) int32, C (3, T) int64 with e_k(p) = A_k p.x + B_k p.y + C_k >= 0 inside (p in
-    sub-pixel units), thr (3, T) int32 fill-rule thresholds (inside iff e_k >= thr_k), z (3, T)
-    vertex depths, tot (T,) float32 = sum_k e_k = |2 area|, and the clipped pixel box.
+    Stored as structure-of-arrays, lists of three (T,) tensors indexed by edge/corner k (1-D
+    gathers are several times faster than row gathers): A, B int32 and C int64 with
+    e_k(p) = A_k p.x + B_k p.y + C_k >= 0 inside (p in sub-pixel units), thr int32 fill-rule
+    thresholds (inside iff e_k >= thr_k), z vertex depths; plus tot (T,) float32 =
+    sum_k e_k = |2 area|, the 1/Z plane and the clipped pixel box.
     """
-    B = xy.shape[0]
-    fk = [faces[:, k] for k in range(3)]
-    X = [xy[..., 0].index_select(1, f).reshape(-1) for f in fk]  # int32, (T,)
-    Y = [xy[..., 1].index_select(1, f).reshape(-1) for f in fk]
-    zt = torch.stack([z.index_select(1, f).reshape(-1) for f in fk])
-    okt = (ok.index_select(1, fk[0]) & ok.index_select(1, fk[1]) & ok.index_select(1, fk[2])).reshape(-1)
+    B, V = xy.shape[:2]
+    # Flat vertex index of corner k of every triangle of every batch element: (B*F,).
+    off = (torch.arange(B, device=xy.device) * V)[:, None]
+    gk = [(faces[:, k][None, :] + off).reshape(-1) for k in range(3)]
+    xs, ys = xy[..., 0].reshape(-1), xy[..., 1].reshape(-1)
+    X = [xs.index_select(0, g) for g in gk]  # int32, (T,)
+    Y = [ys.index_select(0, g) for g in gk]
+    zf, okf = z.reshape(-1), ok.reshape(-1)
+    zt = [zf.index_select(0, g) for g in gk]
+    okt = okf.index_select(0, gk[0]) & okf.index_select(0, gk[1]) & okf.index_select(0, gk[2])
     # Edge k is opposite vertex k: (a, b) = (v1, v2), (v2, v0), (v0, v1). Coordinates are
     # within +-2**29, so differences fit int32; products need int64.
     dx = [X[(k + 2) % 3] - X[(k + 1) % 3] for k in range(3)]
@@ -172,13 +177,13 @@ def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: 
     cross = dx[2].long() * (Y[2] - Y[0]).long() - dy[2].long() * (X[2] - X[0]).long()
     s64 = torch.sign(cross)
     s32 = s64.to(torch.int32)
-    A = torch.stack([-dy[k] * s32 for k in range(3)])
-    Bc = torch.stack([dx[k] * s32 for k in range(3)])
+    A = [-dy[k] * s32 for k in range(3)]
+    Bc = [dx[k] * s32 for k in range(3)]
     # e_k(p) = s * ((b-a) x (p-a)) = A p.x + B p.y + C.
-    C = torch.stack([(dy[k].long() * X[(k + 1) % 3] - dx[k].long() * Y[(k + 1) % 3]) * s64 for k in range(3)])
+    C = [(dy[k].long() * X[(k + 1) % 3] - dx[k].long() * Y[(k + 1) % 3]) * s64 for k in range(3)]
     # Fill rule: an edge owns its pixel centres iff its inward normal (A, B) has A > 0 or
     # (A == 0 and B > 0); the neighbour across the edge has (-A, -B) and does not.
-    thr = ((A < 0) | ((A == 0) & (Bc <= 0))).to(torch.int32)
+    thr = [((A[k] < 0) | ((A[k] == 0) & (Bc[k] <= 0))).to(torch.int32) for k in range(3)]
     # Pixel-centre box: columns j with j*SUB + HALF in [xmin, xmax], clipped to the image.
     j0 = _ceil_div(_min3(*X) - _HALF, _SUB).clamp_min(0)
     j1 = torch.div(_max3(*X) - _HALF, _SUB, rounding_mode="floor").clamp_max(width - 1)
@@ -192,7 +197,7 @@ def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: 
     #   1/Z = 1/Z_0 + ga (p.x - x_0) + gb (p.y - y_0),  ga = sum_k A_k / Z_k / tot, ...
     # evaluated in float32 in this fixed order (the reference repeats it) for the z-test keys.
     tot = cross.abs().to(torch.float32)
-    Af, Bf = A.to(torch.float32), Bc.to(torch.float32)
+    Af, Bf = [a.to(torch.float32) for a in A], [b.to(torch.float32) for b in Bc]
     ga = ((Af[0] / zt[0] + Af[1] / zt[1]) + Af[2] / zt[2]) / tot
     gb = ((Bf[0] / zt[0] + Bf[1] / zt[1]) + Bf[2] / zt[2]) / tot
     w0 = 1.0 / zt[0]
@@ -343,50 +348,51 @@ def _grid_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, H: 
     mag = [C0[k].abs() + A[k].abs() * (sw - 1) + Bc[k].abs() * (sh - 1) for k in range(3)]
     special = special | (_max3(*mag) >= _I32_SAFE)
     key = lw * _NBUCKET + lh + special * (_NBUCKET * _NBUCKET)
-    order = torch.argsort(key)
     counts = torch.bincount(key, minlength=2 * _NBUCKET * _NBUCKET).tolist()
-    pix0 = (t["base"].index_select(0, tri) + i0 * W + j0).index_select(0, order)
-    dx0 = (px0 - t["x0"].index_select(0, tri)).index_select(0, order)
-    dy0 = (py0 - t["y0"].index_select(0, tri)).index_select(0, order)
-    tri = tri.index_select(0, order)
-    ga, gb, w0, face = (t[k].index_select(0, tri) for k in ("ga", "gb", "w0", "face"))
-    w, h = w.index_select(0, order), h.index_select(0, order)
-    A64 = torch.stack(A).index_select(1, order)
-    B64 = torch.stack(Bc).index_select(1, order)
-    C64 = torch.stack(C0).index_select(1, order)
-    A32, B32, C32 = A64.to(torch.int32), B64.to(torch.int32), C64.to(torch.int32)
+    pix0 = t["base"].index_select(0, tri) + i0 * W + j0
+    dx0 = px0 - t["x0"].index_select(0, tri)  # pixel-centre offset from vertex 0, for 1/Z
+    dy0 = py0 - t["y0"].index_select(0, tri)
     ar = torch.arange(_GRID_MAX, device=device)
-    start = 0
-    for bucket, n_b in enumerate(counts):
-        if n_b == 0:
+    one_class = sum(1 for c in counts if c) == 1
+    for cls, n_c in enumerate(counts):
+        if n_c == 0:
             continue
-        is_special, rest = divmod(bucket, _NBUCKET * _NBUCKET)
+        is_special, rest = divmod(cls, _NBUCKET * _NBUCKET)
         lw_b, lh_b = divmod(rest, _NBUCKET)
+        idx = None if one_class else (key == cls).nonzero().squeeze(1)
+
+        def sel(x: torch.Tensor) -> torch.Tensor:
+            return x if idx is None else x.index_select(0, idx)
+        dtype = torch.int64 if is_special else torch.int32
+        Ac = torch.stack([sel(x) for x in A]).to(dtype)  # (3, n_c)
+        Bcc = torch.stack([sel(x) for x in Bc]).to(dtype)
+        Cc = torch.stack([sel(x) for x in C0]).to(dtype)
+        tri_c, pix0_c, dx0_c, dy0_c = sel(tri), sel(pix0), sel(dx0), sel(dy0)
+        ga, gb, w0, face = (t[k].index_select(0, tri_c) for k in ("ga", "gb", "w0", "face"))
+        w_c, h_c = (sel(w), sel(h)) if is_special else (None, None)
         cols, rows = ar[:1 << lw_b], ar[:1 << lh_b]
         offsets = (rows[:, None] * W + cols[None, :]).reshape(-1)
         per_chunk = max(1, cap >> (lw_b + lh_b))
-        for s in range(start, start + n_b, per_chunk):
-            e = min(s + per_chunk, start + n_b)
+        for s in range(0, n_c, per_chunk):
+            e = min(s + per_chunk, n_c)
             if is_special:
-                E = _grid_masked(A64[:, s:e], B64[:, s:e], C64[:, s:e], w[s:e], h[s:e], cols, rows)
+                E = _grid_masked(Ac[:, s:e], Bcc[:, s:e], Cc[:, s:e], w_c[s:e], h_c[s:e], cols, rows)
             else:
-                E = _grid(A32[:, s:e], B32[:, s:e], C32[:, s:e], cols, rows)
+                E = _grid(Ac[:, s:e], Bcc[:, s:e], Cc[:, s:e], cols, rows)
             m = E[0] | E[1]  # sign bit set iff some edge value is negative
             m |= E[2]
             # E is laid out (3, sh, sw, n); 2-D nonzero gives (r * sw + c, item) directly.
             nz = (m >= 0).view(-1, e - s).nonzero()
             if nz.shape[0] == 0:
                 continue
-            rc, item = nz[:, 0], nz[:, 1]
-            item = item + s
+            rc, item = nz[:, 0], nz[:, 1] + s
             # 1/Z plane at the pixel: dx, dy relative to the snapped vertex 0, exact integers.
-            dx = dx0.index_select(0, item) + (rc & ((1 << lw_b) - 1)) * _SUB
-            dy = dy0.index_select(0, item) + (rc >> lw_b) * _SUB
+            dx = dx0_c.index_select(0, item) + (rc & ((1 << lw_b) - 1)) * _SUB
+            dy = dy0_c.index_select(0, item) + (rc >> lw_b) * _SUB
             invz = (w0.index_select(0, item) + gb.index_select(0, item) * dy.to(torch.float32)) \
                 + ga.index_select(0, item) * dx.to(torch.float32)
-            sink.add(pix0.index_select(0, item) + offsets.index_select(0, rc),
+            sink.add(pix0_c.index_select(0, item) + offsets.index_select(0, rc),
                      _zkey(invz, face.index_select(0, item)))
-        start += n_b
 
 
 def _grid(A: torch.Tensor, Bc: torch.Tensor, C: torch.Tensor, cols: torch.Tensor,

@@ -52,7 +52,7 @@ from engine.face.tracking_file import (STATUS_FIT_FAILED, STATUS_NAMES, STATUS_P
 from engine.util.hashing import file_sha256
 
 __all__ = ["TrackConfig", "TrackingResult", "track_media", "load_tracking", "media_sha256", "load_model",
-           "face_model_key", "tracking_stem", "ProgressFn"]
+           "face_model_key", "tracking_stem", "estimate_lag_frames", "fitted_landmark_mask", "ProgressFn"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class TrackConfig:
 # ---------------------------------------------------------------------------------------
 # media identity
 # ---------------------------------------------------------------------------------------
-def _is_sequence(path: str | os.PathLike) -> bool:
+def is_sequence(path: str | os.PathLike) -> bool:
     from engine.io.sequence import is_sequence_pattern
     return is_sequence_pattern(path)
 
@@ -111,7 +111,7 @@ def _is_sequence(path: str | os.PathLike) -> bool:
 def media_sha256(path: str | os.PathLike) -> str:
     """Content hash of a media file, or of an image sequence's frame files (names + contents,
     not other files that share its folder)."""
-    if _is_sequence(path):
+    if is_sequence(path):
         import hashlib
 
         from engine.io.sequence import ImageSequenceSource
@@ -161,12 +161,12 @@ def face_model_key(spec: FaceModelConfig | FaceModel | None, config: TrackConfig
     model = load_model(spec)
     config = config or TrackConfig()
     key = model.model_id()
-    if _derives_identity(spec, config):
+    if derives_identity(spec, config):
         key += ".media"
     return key
 
 
-def _derives_identity(spec: Any, config: TrackConfig) -> bool:
+def derives_identity(spec: Any, config: TrackConfig) -> bool:
     """Only the *generic* built-in model (no path) gets the media's identity: a saved actor
     model (a path) is used as given, e.g. to track a driving video in the actor's basis."""
     if spec is None:
@@ -185,8 +185,9 @@ def tracking_stem(model_key: str, params_hash: str) -> str:
 # ---------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------
-def _frames_rgb8(source, first: int, last: int, colourspace: str) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame number, RGB uint8) for the landmark network (display-referred)."""
+def display_frames(source, first: int, last: int, colourspace: str) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame number, RGB uint8 display-referred frame) of a FrameSource: what the landmark
+    network and review movies see (scene-linear EXR frames go through the display transform)."""
     from engine.io import colour
 
     for number, frame in source.iter(first, last):
@@ -195,7 +196,7 @@ def _frames_rgb8(source, first: int, last: int, colourspace: str) -> Iterator[tu
         yield number, frame
 
 
-def _resolve_colourspace(path: str | os.PathLike, colourspace: str) -> str:
+def resolve_colourspace(path: str | os.PathLike, colourspace: str) -> str:
     if colourspace != "auto":
         return colourspace
     name = str(path).lower()
@@ -208,7 +209,7 @@ def open_media(path: str | os.PathLike, fps: Fraction | None, start_frame: int):
     """(FrameSource, fps, kind) for a video (fps None: its own rate) or an image sequence."""
     from engine.io import open_plate, probe
 
-    if _is_sequence(path):
+    if is_sequence(path):
         if fps is None:
             raise ConfigError(f"{path}: an image sequence needs an explicit fps")
         return open_plate(path, Fraction(fps)), Fraction(fps), "sequence"
@@ -243,10 +244,12 @@ def track_media(path: str | os.PathLike, fps: Fraction | float | None = None, co
     timings: dict[str, float] = {}
     fm_spec = face_model_spec if face_model_spec is not None else FaceModelConfig()
     base_model = load_model(fm_spec)            # fail on a bad model before decoding anything
-    space = _resolve_colourspace(path, colourspace)
+    space = resolve_colourspace(path, colourspace)
     media_hash = media_sha256(path)
+    timings["setup_s"] = time.perf_counter() - t_start
 
     # ---- decode + landmarks --------------------------------------------------------------
+    t0, c0 = time.perf_counter(), time.process_time()
     source, rate, kind = open_media(path, None if fps is None else Fraction(fps), start_frame)
     with source:
         numbers = source.frame_numbers
@@ -255,7 +258,7 @@ def track_media(path: str | os.PathLike, fps: Fraction | float | None = None, co
         pts, status, conf, boxes, nfaces, frame_numbers = [], [], [], [], [], []
         size = None
         with mp.LandmarkTracker(config.landmarks) as tracker:
-            for number, rgb in _frames_rgb8(source, first, last, space):
+            for number, rgb in display_frames(source, first, last, space):
                 r = tracker.process(rgb)
                 size = (rgb.shape[1], rgb.shape[0])
                 pts.append(r.points)
@@ -273,15 +276,15 @@ def track_media(path: str | os.PathLike, fps: Fraction | float | None = None, co
     frame_numbers = np.asarray(frame_numbers, np.int64)
     n = len(lm_track)
     usable = lm_track.usable
-    timings["landmarks_s"] = time.perf_counter() - t_start
-    timings["landmarks_cpu_s"] = time.process_time() - c_start
+    timings["landmarks_s"] = time.perf_counter() - t0
+    timings["landmarks_cpu_s"] = time.process_time() - c0
     notes: list[str] = []
 
     # ---- face model ------------------------------------------------------------------------
     t0 = time.perf_counter()
     model = base_model
     derived = False
-    if _derives_identity(face_model_spec, config):
+    if derives_identity(face_model_spec, config):
         if int(usable.sum()) >= config.min_identity_frames:
             from engine.face.model_builtin import build_builtin_model
 
@@ -289,7 +292,7 @@ def track_media(path: str | os.PathLike, fps: Fraction | float | None = None, co
             model = build_builtin_model([clean], reference=base_model, name=f"{base_model.name}.media",
                                         source=f"built from the landmarks of {Path(path).name} (sha256 {media_hash[:16]})")
             derived = True
-        else:
+        elif usable.any():   # (no face at all is reported once, below)
             notes.append(f"only {int(usable.sum())} usable frames (< {config.min_identity_frames}): "
                          "the generic built-in model was used without the actor's identity")
             log.warning("%s: %s", path, notes[-1])
@@ -340,15 +343,21 @@ def track_media(path: str | os.PathLike, fps: Fraction | float | None = None, co
         "derived_from_media": derived, "sidecar": None,
         # A model learned from the media (or the generic fallback standing in for it), or one
         # handed in as an object, cannot be reloaded from a spec: it goes beside the file.
-        "needs_sidecar": _derives_identity(face_model_spec, config) or not isinstance(fm_spec, FaceModelConfig),
+        "needs_sidecar": derives_identity(face_model_spec, config) or not isinstance(fm_spec, FaceModelConfig),
         "exp_names": list(model.exp_names), "n_id": model.n_id, "n_exp": model.n_exp,
     }
-    media = {"path": str(Path(path).resolve()) if not _is_sequence(path) else str(path), "kind": kind,
+    media = {"path": str(Path(path).resolve()), "kind": kind,
              "sha256": media_hash, "image_size": [int(size[0]), int(size[1])],
              "start_frame": int(numbers.start), "colourspace": space,
              "frames_in_media": len(numbers)}
     header = new_header(media=media, fps=rate, frame_numbers=frame_numbers, face_model=fm_header,
                         config=config.to_dict())
+    header["camera"] = {
+        "model": "pinhole", "focal_px": float(fit.focal) if math.isfinite(fit.focal) else None,
+        "principal_point": [float(v) for v in fit.principal_point], "image_size": [int(size[0]), int(size[1])],
+        "convention": "engine/face/camera.py: OpenCV axes (+X right, +Y down, +Z forward), x_cam = R x + t "
+                      "with R the axis-angle fit_rotation, pixel centres at +0.5; model units cm",
+    }
     header["summary"] = _summary(lm_track, fit, model, usable)
     header["timings"] = {k: round(v, 4) for k, v in timings.items()}
     header["notes"] = notes
@@ -380,6 +389,45 @@ def fitted_landmark_mask(model: FaceModel) -> np.ndarray:
     return (np.asarray(model.landmark_tri) >= 0) & (np.asarray(model.landmark_weight) > 0)
 
 
+def estimate_lag_frames(reference: np.ndarray, signal: np.ndarray, valid: np.ndarray | None = None,
+                        max_lag: int = 5) -> float:
+    """Delay (frames) of ``signal`` behind ``reference``, both (N, ...) tracks of the same
+    points: the peak of the cross-correlation of their frame-to-frame velocities over shifts
+    -max_lag..max_lag, refined by a parabola through the peak. Positive: ``signal[t]`` follows
+    ``reference[t - lag]`` (a causal filter lags); 0 for a zero-phase filter. NaN if the
+    tracks do not move. Velocities touching an invalid frame are left out."""
+    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    sig = np.asarray(signal, np.float64).reshape(len(signal), -1)
+    ok = np.isfinite(ref).all(1) & np.isfinite(sig).all(1)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    vr, vs = np.diff(ref, axis=0), np.diff(sig, axis=0)
+    vok = ok[1:] & ok[:-1]
+    vr = np.where(vok[:, None], vr, 0.0)
+    vs = np.where(vok[:, None], vs, 0.0)
+    vr -= vr.mean(1, keepdims=True)   # a global drift would correlate at every shift
+    vs -= vs.mean(1, keepdims=True)
+    m = len(vr)
+    if m <= 2 * max_lag + 2:
+        return float("nan")
+    corr = []
+    for lag in range(-max_lag, max_lag + 1):
+        a = vr[max(0, -lag):m - max(0, lag)]
+        b = vs[max(0, lag):m - max(0, -lag)]
+        den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+        corr.append(float((a * b).sum()) / den if den > 0 else 0.0)
+    c = np.asarray(corr)
+    if not np.any(c > 0):
+        return float("nan")
+    k = int(np.argmax(c))
+    offset = 0.0
+    if 0 < k < len(c) - 1:
+        den = c[k - 1] - 2 * c[k] + c[k + 1]
+        if den < 0:
+            offset = 0.5 * (c[k - 1] - c[k + 1]) / den
+    return float(k - max_lag + offset)
+
+
 def _summary(lm_track, fit: FitResult, model: FaceModel, usable: np.ndarray) -> dict[str, Any]:
     def r(x: float, k: int = 5) -> float | None:
         return round(float(x), k) if math.isfinite(float(x)) else None
@@ -395,5 +443,6 @@ def _summary(lm_track, fit: FitResult, model: FaceModel, usable: np.ndarray) -> 
         raw = mean_acceleration(lm_track.points[:, mask, :2], ok)
         smooth = mean_acceleration(fit.landmarks_2d[:, mask], ok)
         out.update(jitter_raw_px=r(raw, 4), jitter_fit_px=r(smooth, 4),
-                   jitter_reduction=r(1.0 - smooth / raw, 4) if raw > 0 else None)
+                   jitter_reduction=r(1.0 - smooth / raw, 4) if raw > 0 else None,
+                   lag_frames=r(estimate_lag_frames(lm_track.points[:, mask, :2], fit.landmarks_2d[:, mask], ok), 3))
     return out

@@ -7,13 +7,16 @@ header (JSON)
     ``schema`` (``portrait.tracking``), ``schema_version``, ``schema_label``
     (``portrait.tracking/1``), ``engine_version`` (the code that wrote it), ``created``;
     ``media``: path, kind (video / sequence), ``sha256`` (content hash: the file, or a
-    sequence's frame files), image size (W, H), frame count; ``fps`` (a rational as text,
-    ``"25"``, ``"24000/1001"``), ``first_frame`` / ``last_frame``; ``face_model``: ``id``,
-    ``content_hash``, ``kind``, ``name``, ``path`` (the file it was loaded from; ``sidecar``
-    names a model written beside this file when the model was derived from the media itself),
-    ``exp_names``, ``n_id``; ``config`` (the TrackConfig, as a dict); ``status_names``
-    (index = the code in ``status``), ``status_counts``; ``summary`` (fit error figures) and
-    ``timings``.
+    sequence's frame files), image size (W, H), start frame, colourspace; ``fps`` (a rational
+    as text, ``"25"``, ``"24000/1001"``), ``first_frame`` / ``last_frame`` / ``frame_count``;
+    ``face_model``: ``id`` and ``content_hash`` of the model the parameters belong to, its
+    ``name``, ``kind``, ``spec`` (the :class:`~engine.face.model.FaceModelConfig` to load it
+    again), ``base_id`` (the configured model), ``derived_from_media`` (the built-in model's
+    identity learned from this media), ``sidecar`` (the file beside this one holding a model
+    that cannot be reloaded from its spec), ``exp_names``, ``n_id``, ``n_exp``; ``config``
+    (the TrackConfig, as a dict); ``camera`` (pinhole focal and principal point, and the
+    convention the pose follows); ``status_names`` (index = the code in ``status``),
+    ``status_counts``; ``summary`` (fit error, jitter and lag figures), ``timings``, ``notes``.
 
 arrays (N = frames, 0-based index; ``frame_numbers`` maps index -> the media's frame number)
     ``frame_numbers`` (N,) int64; ``status`` (N,) uint8 codes into ``status_names``;

@@ -25,7 +25,7 @@ from typing import Any
 
 from engine.face.model import FaceModelConfig
 from engine.face.overlay import OverlayConfig, write_overlay_movie
-from engine.face.track import (TrackConfig, _derives_identity, _is_sequence, face_model_key, media_sha256,
+from engine.face.track import (TrackConfig, derives_identity, face_model_key, is_sequence, media_sha256,
                                track_media, tracking_stem)
 from engine.face.tracking_file import SUFFIX, fps_text, load_tracking, sidecar_path
 from engine.pipeline import Stage, StageContext
@@ -102,7 +102,7 @@ class TrackStage(_StemNamedState, Stage):
     # -- Stage --------------------------------------------------------------------------------
     def media_input(self) -> Path:
         """What the stage hashes as its media input: the file, or a sequence's folder."""
-        return self.media.parent if _is_sequence(self.media) else self.media
+        return self.media.parent if is_sequence(self.media) else self.media
 
     def inputs(self) -> dict[str, Path]:
         ins = {"media": self.media_input()}
@@ -122,7 +122,7 @@ class TrackStage(_StemNamedState, Stage):
 
     def outputs(self) -> dict[str, Path]:
         outs = {"tracking": self.tracking_path()}
-        if _derives_identity(self.face_model, self.config):
+        if derives_identity(self.face_model, self.config):
             outs["face_model"] = sidecar_path(self.tracking_path())
         return outs
 
