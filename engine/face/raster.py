@@ -569,11 +569,23 @@ def scatter_visible(vals: torch.Tensor, vis: Visible, *, channels_first: bool = 
     """(C, N) per covered pixel -> (B, H, W, C) (or (B, C, H, W)) image, zero elsewhere."""
     B, H, W = vis.shape
     C = vals.shape[0]
+    HW = H * W
+    if channels_first and not vals.requires_grad:
+        # Column copies per batch element (pix is sorted, so each element is one segment).
+        out = vals.new_zeros(B, C, HW)
+        if B == 1:
+            out[0].index_copy_(1, vis.pix, vals)
+        else:
+            seg = torch.searchsorted(vis.pix, torch.arange(B + 1, device=vals.device) * HW).tolist()
+            for b in range(B):
+                if seg[b + 1] > seg[b]:
+                    out[b].index_copy_(1, vis.pix[seg[b]:seg[b + 1]] - b * HW, vals[:, seg[b]:seg[b + 1]])
+        return out.view(B, C, H, W)
     if channels_first:
         # Flat destination (b * C + c) * HW + hw = pix + b * (C - 1) * HW + c * HW.
-        base = vis.pix + vis.batch * ((C - 1) * H * W) if B > 1 else vis.pix
-        idx = (base[None, :] + (torch.arange(C, device=vals.device) * (H * W))[:, None]).reshape(-1)
-        out, src, shape = vals.new_zeros(B * C * H * W), vals.reshape(-1), (B, C, H, W)
+        base = vis.pix + vis.batch * ((C - 1) * HW) if B > 1 else vis.pix
+        idx = (base[None, :] + (torch.arange(C, device=vals.device) * HW)[:, None]).reshape(-1)
+        out, src, shape = vals.new_zeros(B * C * HW), vals.reshape(-1), (B, C, H, W)
     else:
         idx, out, src, shape = vis.pix, vals.new_zeros(B * H * W, C), vals.t(), (B, H, W, C)
     # In place unless autograd must see the copy (the out-of-place form clones the zeros).
