@@ -60,18 +60,7 @@ def executor_config(shot: Shot, kind: str | None = None) -> ExecutorConfig:
     kind = kind or shot.executor.kind
     if kind != "slurm":
         return ExecutorConfig(kind=kind)
-    s = shot.executor.slurm
-    params: dict[str, Any] = {"time_min": s.time_min, "gpus_per_node": s.gpus_per_node,
-                              "cpus_per_task": s.cpus_per_task, "mem_gb": s.mem_gb,
-                              "array_parallelism": s.array_parallelism}
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(s, key) is not None:
-            params[key] = getattr(s, key)
-    if s.setup:
-        params["setup"] = list(s.setup)
-    if s.additional:
-        params["additional_parameters"] = dict(s.additional)
-    return ExecutorConfig(kind="slurm", params=params)
+    return ExecutorConfig(kind="slurm", params=shot.executor.slurm.executor_params())
 
 
 def _plate_audio(shot: Shot) -> Path | None:

@@ -199,15 +199,18 @@ def test_render_passes_canonical_order(tmp_path):
     assert shot.render.passes == ("rgba", "matte", "depth")
 
 
-def test_slurm_submitit_parameters(tmp_path):
+def test_slurm_executor_parameters(tmp_path):
+    from engine.shotgraph import executor_config
     text = MINIMAL + ("executor:\n  kind: slurm\n  slurm: {partition: gpu, time_min: 30, account: vfx,"
                       " setup: [module load ffmpeg], additional: {exclude: node07}}\n")
     shot = load_shot(write(tmp_path, text))
-    params = shot.executor.slurm.submitit_parameters()
-    assert params["slurm_partition"] == "gpu" and params["timeout_min"] == 30
-    assert params["slurm_account"] == "vfx" and params["slurm_setup"] == ["module load ffmpeg"]
-    assert params["slurm_additional_parameters"] == {"exclude": "node07"}
-    assert "slurm_qos" not in params  # unset options are left to the cluster
+    config = executor_config(shot)  # the pipeline checks every name against its valid list
+    params = config.params
+    assert config.kind == "slurm"
+    assert params["partition"] == "gpu" and params["time_min"] == 30
+    assert params["account"] == "vfx" and params["setup"] == ["module load ffmpeg"]
+    assert params["additional_parameters"] == {"exclude": "node07"}
+    assert "qos" not in params  # unset options are left to the cluster
 
 
 def test_round_trip_through_dict(tmp_path):

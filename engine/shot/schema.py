@@ -304,21 +304,20 @@ class SlurmConfig:
                                              "`slurm_additional_parameters`).",
                                          example={"exclude": "node07"}, type_doc="mapping")
 
-    def submitit_parameters(self) -> dict[str, Any]:
-        """Keyword arguments for ``submitit.AutoExecutor.update_parameters`` (chunking excluded)."""
-        params: dict[str, Any] = {
-            "timeout_min": self.time_min, "gpus_per_node": self.gpus_per_node,
-            "cpus_per_task": self.cpus_per_task, "mem_gb": self.mem_gb,
-            "slurm_array_parallelism": self.array_parallelism,
-        }
-        for key, value in (("slurm_partition", self.partition), ("slurm_account", self.account),
-                           ("slurm_qos", self.qos), ("slurm_constraint", self.constraint)):
-            if value is not None:
-                params[key] = value
+    def executor_params(self) -> dict[str, Any]:
+        """Parameters of the pipeline's slurm executor (``engine.pipeline.ExecutorConfig``),
+        which turns them into submitit's; chunking is the render graph's, not the executor's.
+        Unset options are left to the cluster."""
+        params: dict[str, Any] = {"time_min": self.time_min, "gpus_per_node": self.gpus_per_node,
+                                  "cpus_per_task": self.cpus_per_task, "mem_gb": self.mem_gb,
+                                  "array_parallelism": self.array_parallelism}
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(self, key) is not None:
+                params[key] = getattr(self, key)
         if self.setup:
-            params["slurm_setup"] = list(self.setup)
+            params["setup"] = list(self.setup)
         if self.additional:
-            params["slurm_additional_parameters"] = dict(self.additional)
+            params["additional_parameters"] = dict(self.additional)
         return params
 
 
