@@ -84,8 +84,10 @@ class _FakeMetric(torch.nn.Module):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, x, y, mask=None):
+    def forward(self, x, y, mask=None, spatial=False):
         d = (x - y).abs().mean(1, keepdim=True)
+        if spatial:
+            return d
         if mask is None:
             return d.mean((1, 2, 3))
         return (d * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3)).clamp_min(1e-8)
@@ -100,3 +102,7 @@ def test_region_metrics_empty_region_is_nan():
     assert set(out) == {f"{m}_{r}" for m in ("psnr", "ssim", "lpips") for r in ("face", "mouth")}
     assert math.isfinite(out["psnr_mouth"][0].item()) and math.isnan(out["psnr_mouth"][1].item())
     assert np.isfinite(out["psnr_face"].numpy()).all()
+    # One distance map per batch, averaged per region == the metric evaluated on each region.
+    m = _FakeMetric()
+    torch.testing.assert_close(out["lpips_face"], m(x, y, mask=face))
+    torch.testing.assert_close(out["lpips_mouth"][:1], m(x[:1], y[:1], mask=mouth[:1]))

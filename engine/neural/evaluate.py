@@ -138,7 +138,9 @@ class NearestNeighbourBaseline:
 
     def __init__(self, dataset: FrameDataset, train_indices: Sequence[int], *, use_expr: bool = True,
                  feature_maps: tuple[str, ...] = ("mask_face", "mask_mouth", "normal"), feature_size: int = 24,
-                 hole_dilate: float = 0.03, batch_size: int = 64) -> None:
+                 hole_dilate: float = 0.03, batch_size: int = 64, frame_features: np.ndarray | None = None) -> None:
+        """``frame_features`` (len(dataset), D): explicit per-frame features (e.g. expression
+        coefficients and head pose), used instead of the dataset's expr / maps."""
         self.dataset = dataset
         self.train = list(train_indices)
         if not self.train:
@@ -146,16 +148,26 @@ class NearestNeighbourBaseline:
         self.feature_maps = feature_maps
         self.feature_size = feature_size
         self.hole_dilate = hole_dilate
+        self.table = None
+        if frame_features is not None:
+            table = torch.as_tensor(np.asarray(frame_features, np.float32))
+            if table.shape[0] != len(dataset):
+                raise ConfigError(f"frame_features has {table.shape[0]} rows for {len(dataset)} frames")
+            self.table = table
+            self.row = {int(f): i for i, f in enumerate(dataset.frame_numbers)}
         first = dataset.get(self.train[:1])
         self.use_expr = use_expr and first.expr is not None
         feats = [self._features(dataset.get(self.train[i:i + batch_size]))
                  for i in range(0, len(self.train), batch_size)]
         f = torch.cat(feats)
         self.mean = f.mean(0, keepdim=True)
-        self.std = f.std(0, keepdim=True).clamp_min(1e-6) if self.use_expr else torch.ones_like(self.mean)
+        standardise = self.use_expr or self.table is not None
+        self.std = f.std(0, keepdim=True).clamp_min(1e-6) if standardise else torch.ones_like(self.mean)
         self.bank = (f - self.mean) / self.std
 
     def _features(self, b: FrameBatch) -> torch.Tensor:
+        if self.table is not None:
+            return self.table[[self.row[int(f)] for f in b.frames]]
         if self.use_expr:
             return b.expr.float()
         maps = [F.interpolate(b.cond[k].float(), size=(self.feature_size,) * 2, mode="area")

@@ -38,7 +38,7 @@ DriveMode = Literal["none", "video", "audio"]
 DriveRegion = Literal["mouth", "face"]
 DrivePose = Literal["plate", "driving", "relative"]
 Quality = Literal["online", "offline"]
-TrainPreset = Literal["draft", "final"]
+TrainPreset = Literal["tiny", "draft", "final"]
 Compression = Literal["zip", "piz", "dwaa", "none"]
 Layout = Literal["multilayer", "multipart"]
 ExecutorKind = Literal["local", "debug", "slurm"]
@@ -176,13 +176,14 @@ class DriveConfig:
 # ---------------------------------------------------------------------------------- train
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    preset: TrainPreset = spec("final", choices=("draft", "final"),
-                               doc="Training preset: `draft` (fast look-dev) or `final` (delivery).",
+    preset: TrainPreset = spec("final", choices=("tiny", "draft", "final"),
+                               doc="Training preset: `draft` (CPU look-dev, 128 px, minutes), `final` "
+                                   "(delivery, 512 px, GPU) or `tiny` (32 px smoke tests and CI only).",
                                example="draft")
     overrides: Mapping[str, Any] = spec(default_factory=dict, parse=parse_overrides,
                                         doc="Trainer settings overriding the preset, as dotted keys "
                                             "(nested mappings are flattened); checked by the trainer.",
-                                        example={"stage1.iterations": 20000, "loss.lpips_weight": 0.5},
+                                        example={"steps": 20000, "loss.perceptual": 0.5},
                                         type_doc="mapping of dotted key -> value")
 
 
