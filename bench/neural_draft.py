@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/portrait_bench/neural_draft"))
     ap.add_argument("--name", default="neural_draft")
     ap.add_argument("--overrides", default="", help="extra train overrides as JSON")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="schedule length (default: sized from a probe of the step time; the probe "
+                         "is only as good as the machine is quiet while it runs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if not args.plate.exists():
@@ -133,7 +136,7 @@ def main(argv=None) -> int:
         probe.train_step(probe._batch(s, None))
     step_s = (time.perf_counter() - tp) / 12
     del probe
-    steps = max(100, int(0.97 * budget / step_s))
+    steps = args.steps or max(100, int(0.97 * budget / step_s))
     cfg = make_config("draft", {**ov, "steps": steps, "time_limit_s": budget})
     trainer = Trainer(cfg, cache, run_dir, meta, train_indices=train_idx)
     trainer.resume()

@@ -57,11 +57,15 @@ def _render_maps(model, identity, expression, rotation, translation, K, affine, 
     coverage = 0.0
     n = len(expression)
     with torch.inference_mode():
+        # The actor's identity is fixed for the sequence: its shape is computed once and only
+        # the expression offsets per frame (ICT: 100 identity components x 20k vertices).
+        ident = torch.as_tensor(identity[None]) if model.n_id else None
+        base = model.vertices(ident, torch.zeros(1, model.n_exp, dtype=torch.float32)).reshape(1, -1)
+        exp_basis = torch.as_tensor(model.exp_basis, dtype=torch.float32).reshape(model.n_exp, -1)
         for a in range(0, n, batch):
             sl = slice(a, min(a + batch, n))
-            exp = torch.as_tensor(np.nan_to_num(expression[sl]))
-            ident = torch.as_tensor(identity[None]).expand(exp.shape[0], -1) if model.n_id else None
-            verts = model.vertices(ident, exp)
+            exp = torch.as_tensor(np.nan_to_num(expression[sl]), dtype=torch.float32)
+            verts = (base + exp @ exp_basis).reshape(exp.shape[0], -1, 3)
             rot = axis_angle_to_matrix(torch.as_tensor(np.nan_to_num(rotation[sl])))
             trans = torch.as_tensor(np.nan_to_num(translation[sl], nan=100.0))
             cam = verts @ rot.transpose(1, 2) + trans[:, None]
@@ -117,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
              "load on a shared machine (see load_avg).",
              "end to end: main process = decode + landmarks + fit + smoothing + crops, then half of the "
              "conditioning maps; a second process (started at t=0, overlapping its start-up with tracking) "
-             "renders the other half."]
+             "renders the other half.",
+             "cpu_critical_path: main-process CPU for tracking + the larger half of the conditioning CPU: "
+             "the end-to-end rate of an idle 2-core machine (CPU times are themselves inflated somewhat by "
+             "contention, so this is conservative); goal_met is judged on the measured wall rate."]
     plate = args.plate or PLATE
     scratch = tempfile.TemporaryDirectory()
     if not plate.exists():
@@ -183,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         "end_to_end": {"fps": round(n / wall, 2), "wall_s": round(wall, 3),
                        "cpu_ms_per_frame": round(1000 * cpu_main / n + 1000 * theirs["cpu_s"] / n, 3),
                        "cpu_bound_fps_2_cores": round(2000.0 / (1000 * cpu_main / n + 1000 * theirs["cpu_s"] / n), 2)},
+        # The run's critical path in CPU time: tracking (main process), then the two halves of
+        # the conditioning maps in parallel. On an otherwise idle 2-core machine the wall rate
+        # approaches this; on a shared machine wall time is inflated by other load.
+        "cpu_critical_path": {
+            "ms_per_frame": round(1000 * (c_track + max(mine["cpu_s"], theirs["cpu_s"])) / n, 3),
+            "fps": round(n / (c_track + max(mine["cpu_s"], theirs["cpu_s"])), 2)},
         "goal_fps": GOAL_FPS,
         "goal_met": bool(n / wall >= GOAL_FPS),
         "tracking_summary": result.header["summary"],

@@ -13,9 +13,10 @@
 #   slurmctld slurmd slurm-client       a real one-node SLURM cluster on localhost
 #   munge                               SLURM's authentication
 #   slurmdbd mariadb-server             accounting, so that sacct works (submitit polls it)
+#   chromium                            headless browser test of the QC report
 set -u
 
-pkgs=(libgl1 libglib2.0-0 openexr slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+pkgs=(libgl1 libglib2.0-0 openexr slurmctld slurmd slurm-client munge slurmdbd mariadb-server chromium)
 
 say() { echo "[install_system_deps] $*" >&2; }
 

@@ -8,7 +8,7 @@ import torch
 
 from engine.face.camera import axis_angle_to_matrix
 from engine.face.raster import (Fragments, differentiable_bary, interpolate, project_points,
-                                rasterize, rasterize_naive)
+                                rasterize, rasterize_naive, rasterize_visible, visible)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -339,6 +339,89 @@ def test_differentiable_bary_matches_and_has_vertex_gradients() -> None:
     col = interpolate(v[:, :1].abs(), f, fr, bary=bary)
     col.sum().backward()
     assert torch.isfinite(verts.grad).all() and verts.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_occlusion_culling_matches_naive_for_any_occluder_mask(seed: int) -> None:
+    """The two-pass (occluders first, then provably hidden triangles dropped) path is exact for
+    any mask: random masks, masks naming the *far* triangles, and exact-depth duplicates (where
+    the tie rule, not depth, must decide)."""
+    g = torch.Generator().manual_seed(seed)
+    B, V, F, H, W = 2, 120, 90, 40, 48
+    verts = torch.randn(B, V, 3, generator=g) * torch.tensor([1.2, 1.0, 0.4]) + torch.tensor([0, 0, 3.0])
+    faces = torch.randint(0, V, (F, 3), generator=g)
+    faces[F // 2:F // 2 + 10] = faces[:10]  # exact duplicates: equal depth, tie to the smaller index
+    K = torch.stack([K_of(30, 22.3, 21.7), K_of(26, 25.0, 18.9)])
+    ref = rasterize_naive(verts, faces, K, H, W)
+    depth_rank = verts[0, faces, 2].mean(1)
+    masks = [torch.rand(F, generator=g) < 0.5, depth_rank > depth_rank.median(),
+             torch.ones(F, dtype=torch.bool), torch.zeros(F, dtype=torch.bool),
+             torch.rand(B, F, generator=g) < 0.7]
+    for occ in masks:
+        assert_same(rasterize(verts, faces, K, H, W, occluders=occ), ref)
+    # Small chunks (z-buffer flushed between passes in several pieces): still identical.
+    assert_same(rasterize(verts, faces, K, H, W, occluders=masks[0], max_candidates=512), ref)
+    with pytest.raises(ValueError):
+        rasterize(verts, faces, K, H, W, occluders=torch.ones(F + 1, dtype=torch.bool))
+
+
+def test_occlusion_culling_drops_hidden_interior_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed 'head' with hidden interior geometry (an inner shell, like ICT's mouth socket and
+    eyeball backs) and one interior part poking out: the interior is culled, the output equals
+    the naive reference."""
+    import engine.face.raster as raster
+
+    outer_v, outer_f = icosphere(3)
+    inner_v, inner_f = icosphere(2)
+    poke_v, poke_f = icosphere(1)
+    parts = [(outer_v, outer_f), (inner_v * 0.8, inner_f),
+             (poke_v * 0.25 + torch.tensor([0.3, 0.2, -0.9]), poke_f)]  # pokes out towards the camera
+    verts, faces, off = [], [], 0
+    for v, f in parts:
+        verts.append(v)
+        faces.append(f + off)
+        off += v.shape[0]
+    verts = posed(torch.cat(verts), [0.2, -0.3, 0.1], [0.05, 0.0, 3.5])[None]
+    faces = torch.cat(faces)
+    n_outer = outer_f.shape[0]
+    occ = torch.zeros(faces.shape[0], dtype=torch.bool)
+    occ[:n_outer] = True
+    K = K_of(70, 33.0, 31.5)
+    H, W = 64, 66
+    culled = []
+    hidden = raster._hidden
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = hidden(*args, **kwargs)
+        culled.append(int(out.sum()))
+        return out
+    monkeypatch.setattr(raster, "_hidden", spy)
+    out = rasterize(verts, faces, K, H, W, occluders=occ)
+    assert_same(out, rasterize_naive(verts, faces, K, H, W))
+    assert culled and culled[0] > 0.6 * (faces.shape[0] - n_outer)  # most of the back + interior
+    vis = set(out.face_idx[out.mask].tolist())
+    assert any(f >= n_outer + inner_f.shape[0] for f in vis)  # the poking part is still drawn
+    assert not any(n_outer <= f < n_outer + inner_f.shape[0] for f in vis)
+
+
+def test_rasterize_visible_equals_visible_of_rasterize() -> None:
+    """The compact path (covered pixels only) carries exactly the fragments' data."""
+    g = torch.Generator().manual_seed(5)
+    B, V, F, H, W = 2, 90, 60, 40, 48
+    verts = torch.randn(B, V, 3, generator=g) * torch.tensor([1.2, 1.0, 0.4]) + torch.tensor([0, 0, 3.0])
+    faces = torch.randint(0, V, (F, 3), generator=g)
+    K = torch.stack([K_of(30, 22.3, 21.7), K_of(26, 25.0, 18.9)])
+    for kw in ({}, {"occluders": torch.rand(F, generator=g) < 0.5}, {"cull_backfaces": True}):
+        fr = rasterize(verts, faces, K, H, W, **kw)
+        ref = visible(fr, faces)
+        vis, depth = rasterize_visible(verts, faces, K, H, W, **kw)
+        assert vis.shape == ref.shape and torch.equal(vis.pix, ref.pix) and torch.equal(vis.batch, ref.batch)
+        for k in range(3):
+            assert torch.equal(vis.vid[k], ref.vid[k]) and torch.equal(vis.bary[k], ref.bary[k])
+        assert torch.equal(depth, fr.depth.reshape(-1)[ref.pix])
+        assert vis.pix.numel() > 100
+    vis, depth = rasterize_visible(verts, faces[:0], K, H, W)
+    assert vis.pix.numel() == 0 and depth.numel() == 0
 
 
 def test_empty_inputs() -> None:

@@ -24,15 +24,8 @@ N_FRAMES = 30
 
 
 @pytest.fixture(scope="module")
-def demo_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.demo import demo_frames
-    from engine.io import ReviewMovieWriter
-
-    path = tmp_path_factory.mktemp("media") / "astronaut.mp4"
-    with ReviewMovieWriter(path, Fraction(25), (256, 256), crf=12) as mov:
-        for frame in demo_frames(N_FRAMES):
-            mov.write(frame)
-    return path
+def demo_video(astronaut_video: Path) -> Path:
+    return astronaut_video
 
 
 @pytest.fixture(scope="module")

@@ -313,3 +313,16 @@ def test_corrupt_exr_is_media_error(tmp_path):
         read_exr(bad)
     with pytest.raises(MediaError, match="not found"):
         read_exr(tmp_path / "none.exr")
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_truncated_exr_is_media_error(tmp_path, keep):
+    """A frame cut short by a killed writer (or a full disk) is a one-line MediaError."""
+    good = tmp_path / "good.exr"
+    rng = np.random.default_rng(0)
+    write_exr(good, {"rgba": rng.random((32, 48, 4)).astype(np.float32), "depth.Z": np.ones((32, 48), np.float32)})
+    data = good.read_bytes()
+    cut = tmp_path / "cut.exr"
+    cut.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(MediaError, match="cut.exr"):
+        read_exr(cut)

@@ -16,14 +16,7 @@ SMALL = dict(image_size=32, texture_channels=4, texture_size=16, texture_levels=
              mlp_layers=1, unet_base=8, unet_depth=2, unet_max_channels=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed CPU, OpenMP barriers between 2 threads make small convs
-    # ~10x slower than 1 thread; the results do not depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n=2, size=32):

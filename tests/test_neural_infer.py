@@ -19,12 +19,7 @@ from engine.neural.synthetic import synthetic_cache
 from engine.neural.train import Trainer, TrainSpec, make_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 META = ModelMeta(actor_id="synth", face_model_id="sphere-v1", consent="synthetic test data")
@@ -37,19 +32,6 @@ def trained(tmp_path_factory):
     t = Trainer(make_config("tiny", {"steps": 30, "generator.expr_dim": 2}), ds, out, META)
     t.fit(handle_signals=False)
     return ds, t, t.export_model()
-
-
-class _L1Metric(torch.nn.Module):
-    """Stand-in for ST-LPIPS (keeps this test independent of the optional weights)."""
-
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, x, y, mask=None):
-        d = (x - y).abs().mean(1, keepdim=True)
-        m = torch.ones_like(d) if mask is None else mask
-        return (d * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1e-8)
 
 
 def test_renderer_reproduces_the_trained_model(trained):
@@ -80,12 +62,12 @@ def test_measure_speed_reports_throughput_and_latency(trained):
     assert 0 < s["batch1_latency_ms_p50"] <= s["batch1_latency_ms_p90"]
 
 
-def test_evaluate_writes_metrics_and_comparisons(trained, tmp_path):
+def test_evaluate_writes_metrics_and_comparisons(trained, tmp_path, l1_metric):
     ds, _, model_path = trained
     r = Renderer.from_checkpoint(model_path)
     train, test = split_holdout(len(ds), 0.1)
     rep = evaluate(lambda b: r.render_batch(b).composite, ds, test, out_dir=tmp_path, name="model",
-                   n_images=2, metric=_L1Metric(), batch_size=1)
+                   n_images=2, metric=l1_metric, batch_size=1)
     for k in ("psnr_face", "ssim_face", "lpips_face", "psnr_mouth", "psnr_full"):
         assert k in rep.summary and len(rep.per_frame[k]) == len(test)
     assert rep.frames == [1019, 1020] and len(rep.images) == 2
@@ -95,7 +77,7 @@ def test_evaluate_writes_metrics_and_comparisons(trained, tmp_path):
     img = cv2.imread(str(rep.images[0]))
     assert img.shape == (32, 96, 3)
     # A perfect predictor: infinite-ish PSNR, SSIM 1.
-    perfect = evaluate(lambda b: b.target, ds, test, metric=_L1Metric())
+    perfect = evaluate(lambda b: b.target, ds, test, metric=l1_metric)
     assert perfect.summary["psnr_face"] > 100 and perfect.summary["ssim_face"] == pytest.approx(1.0)
 
 

@@ -9,14 +9,7 @@ from engine.neural.losses import (LossConfig, Losses, alpha_loss, pixel_weights,
                                   velocity_loss, weighted_l1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed CPU, OpenMP barriers between 2 threads make small convs
-    # ~10x slower than 1 thread; the results do not depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_weighted_l1():

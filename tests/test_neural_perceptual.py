@@ -19,14 +19,7 @@ needs_weights = pytest.mark.skipif(
     reason="stlpips-pytorch (VGG weights) not installed: pip install --no-deps stlpips-pytorch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed CPU, OpenMP barriers between 2 threads make small convs
-    # ~10x slower than 1 thread; the results do not depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,12 @@ from engine.neural.dataset_build import CacheBuildConfig, build_frame_cache, pla
 from engine.pipeline import ExecutorConfig, run_stages
 from engine.stages.train import TrainStage
 
-N = 30  # >= 25 usable frames: the built-in model learns the actor's identity (its own model id)
+N = 30  # frames of the astronaut_video fixture
 
 
 @pytest.fixture(scope="module")
-def plate(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.demo import demo_frames
-    from engine.io import ReviewMovieWriter
-
-    path = tmp_path_factory.mktemp("media") / "astronaut.mp4"
-    with ReviewMovieWriter(path, Fraction(25), (256, 256), crf=12) as mov:
-        for frame in demo_frames(N):
-            mov.write(frame)
-    return path
+def plate(astronaut_video: Path) -> Path:
+    return astronaut_video
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +137,8 @@ def test_train_stage_trains_resumes_and_renders_online(trained, tracking_path: P
     tr = load_tracking(tracking_path)
     cr = CropRenderer.from_checkpoint(model, tr.face_model(), device="cpu")
     assert cr.meta.actor_id == "astro" and cr.meta.consent == "test footage"
+    # Without a face model: the one of the tracking file the actor was trained from.
+    assert CropRenderer.from_checkpoint(model, device="cpu").face_model.model_id() == tr.face_model_id
     p = FrameParams.from_tracking(tr)
     usable = p.usable.copy()
     usable[5] = False

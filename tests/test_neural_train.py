@@ -27,14 +27,7 @@ META = dict(actor_id="synth", face_model_id="sphere-v1", consent="synthetic test
             media_hashes={"plate.mp4": "ab" * 32}, provenance={"shot": "sh010"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed CPU, OpenMP barriers between 2 threads make small convs
-    # ~10x slower than 1 thread; the results do not depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def meta(**kw) -> ModelMeta:
@@ -68,11 +61,11 @@ def reference(ds, tmp_path_factory):
 
 # ------------------------------------------------------------------------------- config
 def test_overrides_dotted_nested_and_typed():
-    cfg = make_config("draft", {"optim.lr": "1e-3", "steps": 200, "generator": {"unet_base": 8},
+    cfg = make_config("draft", {"optim.lr": "3e-4", "steps": 200, "generator": {"unet_base": 8},
                                 "loss.perceptual": 0, "optim.betas": [0.5, 0.9], "amp": "false"})
-    assert cfg.optim.lr == 1e-3 and cfg.steps == 200 and cfg.generator.unet_base == 8
+    assert cfg.optim.lr == 3e-4 and cfg.steps == 200 and cfg.generator.unet_base == 8
     assert cfg.loss.perceptual == 0.0 and cfg.optim.betas == (0.5, 0.9) and cfg.amp is False
-    assert preset_config("draft").optim.lr != 1e-3  # presets are not mutated
+    assert preset_config("draft").optim.lr != 3e-4  # presets are not mutated
     assert "optim.lr" in config_keys(cfg) and "generator.cond_keys" in config_keys(cfg)
 
 

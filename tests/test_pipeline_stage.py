@@ -252,3 +252,20 @@ def test_stage_report(frames: FramesStage) -> None:
     rep = stage_report(frames)
     assert rep["state"] == "done" and rep["reason"] == "up to date" and rep["finished_at"]
     assert rep["progress"]["done"] == 6
+
+
+def test_folder_signature_ignores_hidden_state(tmp_path: Path) -> None:
+    """A render folder's manifests, progress files and job logs (under .portrait/) are not
+    content: writing them must not change the folder's stat signature (or every status
+    check would re-hash every frame), exactly as they do not change its hash."""
+    from engine.pipeline.stage import stat_signature
+    from engine.util.hashing import path_sha256
+
+    (tmp_path / "f.1001.exr").write_bytes(b"frame")
+    sig, digest = stat_signature(tmp_path), path_sha256(tmp_path)
+    (tmp_path / ".portrait" / "jobs" / "logs").mkdir(parents=True)
+    (tmp_path / ".portrait" / "render.progress.json").write_text("{}")
+    (tmp_path / ".portrait" / "jobs" / "logs" / "12_0_log.out").write_text("log")
+    assert stat_signature(tmp_path) == sig and path_sha256(tmp_path) == digest
+    (tmp_path / "f.1002.exr").write_bytes(b"frame")
+    assert stat_signature(tmp_path) != sig

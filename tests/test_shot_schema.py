@@ -241,6 +241,9 @@ def test_config_hash_ignores_spelling_but_not_meaning(tmp_path):
     c = load_shot(write(tmp_path, MINIMAL.replace("last: 1100", "last: 1101"), "c.yaml"))
     assert c.config_hash() != a.config_hash()
     assert len(a.config_hash()) == 64
+    # Where a shot runs is not what it renders: the executor section does not change the hash.
+    farm = load_shot(write(tmp_path, MINIMAL + "executor:\n  kind: slurm\n  slurm: {time_min: 240}\n", "d.yaml"))
+    assert farm.executor.kind == "slurm" and farm.config_hash() == a.config_hash()
 
 
 def test_parse_shot_from_dict(tmp_path):

@@ -296,7 +296,8 @@ def test_demo_shot_runs_on_slurm_from_its_yaml(slurm_cluster, tmp_path: Path,
     from engine.demo import build_demo
     from tools.cli import main
 
-    yaml_path = build_demo(tmp_path / "demo", frames=6, executor="slurm")
+    # A smoke-sized actor model: `run` trains it on the node before the render.
+    yaml_path = build_demo(tmp_path / "demo", frames=6, executor="slurm", preset="tiny", steps=4)
     text = yaml_path.read_text()
     assert "executor: {kind: slurm}" in text
     # The shot defaults (1 GPU, 8 cores, 64 GB) fit no test node: ask for what it has.
@@ -324,5 +325,5 @@ def test_demo_shot_runs_on_slurm_from_its_yaml(slurm_cluster, tmp_path: Path,
     rows = {r["JobID"]: r for r in slurm_cluster.sacct(job_ids)}
     assert set(job_ids) <= set(rows) and all(rows[j]["State"] == "COMPLETED" for j in job_ids), rows
     # the YAML's setup lines ran in the batch script before the stage
-    sbatch = sorted((base / "render" / "v001" / ".portrait" / "submitit").glob("*_submission.sh"))
+    sbatch = sorted((base / "render" / "v001" / ".portrait").rglob("*_submission.sh"))
     assert sbatch and "export PORTRAIT_SETUP_RAN=1" in sbatch[0].read_text()

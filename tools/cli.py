@@ -16,7 +16,11 @@ from engine import __version__
 from engine.errors import PortraitError
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("demo", "run", "validate", "track", "bench")
+SUBCOMMANDS = ("demo", "run", "validate", "track", "train", "bench",
+               "submit", "status", "cancel", "retry",
+               "drive",
+               "render",
+               "qc")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,12 +2,26 @@
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 import logging
 import sys
 
 from engine.errors import ConfigError
 from engine.shot import load_shot
 from engine.shotgraph import run_shot
+
+
+def parse_fps(text: str | None) -> Fraction | None:
+    """``--fps`` text (``25``, ``23.976``, ``24000/1001``) -> a positive Fraction (None: not given)."""
+    if text is None:
+        return None
+    try:
+        fps = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--fps must be a number or a ratio such as 24000/1001, got {text!r}") from None
+    if fps <= 0:
+        raise ConfigError(f"--fps must be positive, got {text}")
+    return fps
 
 
 def parse_frames(text: str | None) -> list[int] | None:
@@ -42,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         rng = shot.frames.render_frames()
         if frames[0] < rng.start or frames[-1] >= rng.stop:
             raise ConfigError(f"--frames {args.frames} is outside the shot ({rng.start}-{rng.stop - 1})")
-    result = run_shot(shot, executor=args.executor, version=args.version, frames=frames)
+    result = run_shot(shot, executor=args.executor, version=args.version, frames=frames, train=not args.no_train)
     report(result)
     return 0
 
@@ -54,4 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("local", "debug", "slurm"), help="override the shot's executor")
     p.add_argument("--version", type=int, help="resume or create this version number instead of 'auto'")
     p.add_argument("--frames", help="render only FIRST-LAST (a chunk; no movie or report)")
+    p.add_argument("--no-train", action="store_true",
+                   help="do not train an actor model: without actor.model the plate passes through "
+                        "(pipeline, colour and QC checks of the plate itself)")
     p.set_defaults(func=_run)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 from engine.errors import ConfigError
@@ -20,7 +19,7 @@ from engine.face.model import FaceModelConfig
 from engine.face.tracking_file import read_header
 from engine.pipeline import ExecutorConfig, run_stages
 from engine.stages.track import TrackOverlayStage, TrackStage, shot_track_stages
-from tools.cmd_run import parse_frames
+from tools.cmd_run import parse_fps, parse_frames
 
 log = logging.getLogger("portrait.track")
 
@@ -39,18 +38,6 @@ def _face_model(args: argparse.Namespace, default: FaceModelConfig | None = None
     return FaceModelConfig(kind=kind, path=None if path is None else str(Path(path).resolve()))
 
 
-def _parse_fps(text: str | None) -> Fraction | None:
-    if text is None:
-        return None
-    try:
-        fps = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"--fps must be a number or a ratio such as 24000/1001, got {text!r}") from None
-    if fps <= 0:
-        raise ConfigError(f"--fps must be positive, got {text}")
-    return fps
-
-
 def _stages(args: argparse.Namespace) -> tuple[list, dict, str]:
     target = args.target
     if _is_shot(target):
@@ -63,7 +50,7 @@ def _stages(args: argparse.Namespace) -> tuple[list, dict, str]:
     from engine.face.track import open_media
 
     # Options first, then probe: a missing or corrupt file is one line here, not a failed stage.
-    fps = _parse_fps(args.fps)
+    fps = parse_fps(args.fps)
     frames = parse_frames(args.frames)
     face_model = _face_model(args, FaceModelConfig())
     source, _, _ = open_media(target, fps, args.start_frame)

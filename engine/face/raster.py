@@ -37,7 +37,12 @@ How it rasterises (the rules both implementations share; they give bit-identical
 The vectorised path (no Python loop over triangles or pixels):
 
 1. per-triangle set-up for all B*F triangles at once (structure of arrays): snapped
-   vertices, edge functions, fill-rule thresholds, clipped pixel box; unusable triangles drop;
+   vertices, signed area, clipped pixel box; unusable triangles drop; edge functions,
+   fill-rule thresholds and the 1/Z plane are then built only for the triangles drawn;
+   with ``occluders`` (a speed hint, e.g. the skin of a dense face model) their front faces
+   are drawn first and every other triangle is dropped when the z-buffer so far provably
+   hides it (hierarchical-z test with an exact box minimum and a float-error margin, see
+   :func:`_hidden`), which leaves the result bit-identical;
 2. triangles whose box fits in 4 x 4 pixels (most of a dense mesh) test a fixed candidate
    grid per size class, built by broadcasting a per-column and a per-row term of the edge
    functions (int32 when the values provably fit, else int64);
@@ -151,13 +156,14 @@ def _ceil_div(a: torch.Tensor, d: int) -> torch.Tensor:
 
 def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: torch.Tensor,
                     height: int, width: int, cull_backfaces: bool) -> dict[str, torch.Tensor]:
-    """Per-triangle edge functions, fill-rule thresholds and pixel boxes for all B*F triangles.
+    """Stage 1 for all B*F triangles: snapped corners, signed area, clipped pixel box, validity.
 
-    Stored as structure-of-arrays, lists of three (T,) tensors indexed by edge/corner k (1-D
-    gathers are several times faster than row gathers): A, B int32 and C int64 with
-    e_k(p) = A_k p.x + B_k p.y + C_k >= 0 inside (p in sub-pixel units), thr int32 fill-rule
-    thresholds (inside iff e_k >= thr_k), z vertex depths; plus tot (T,) float32 =
-    sum_k e_k = |2 area|, the 1/Z plane and the clipped pixel box.
+    Stored as structure-of-arrays (1-D gathers are several times faster than row gathers):
+    X, Y, z lists of three (T,) corner coordinates (int32 sub-pixel units) and depths, dx, dy
+    the edge vectors (edge k is opposite corner k), cross the signed 2*area (int64), front,
+    valid (bool), the clipped pixel box i0, j0, h, w (int64) and B, F, H, W. The edge
+    functions and the 1/Z plane (:func:`_triangle_edges`) are only built for the triangles
+    that are actually drawn.
     """
     B, V = xy.shape[:2]
     # Flat vertex index of corner k of every triangle of every batch element: (B*F,).
@@ -175,6 +181,33 @@ def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: 
     dy = [Y[(k + 2) % 3] - Y[(k + 1) % 3] for k in range(3)]
     # Signed 2*area: (v1-v0) x (v2-v0).
     cross = dx[2].long() * (Y[2] - Y[0]).long() - dy[2].long() * (X[2] - X[0]).long()
+    # Pixel-centre box: columns j with j*SUB + HALF in [xmin, xmax], clipped to the image.
+    j0 = _ceil_div(_min3(*X) - _HALF, _SUB).clamp_min(0)
+    j1 = torch.div(_max3(*X) - _HALF, _SUB, rounding_mode="floor").clamp_max(width - 1)
+    i0 = _ceil_div(_min3(*Y) - _HALF, _SUB).clamp_min(0)
+    i1 = torch.div(_max3(*Y) - _HALF, _SUB, rounding_mode="floor").clamp_max(height - 1)
+    # Front face = counter-clockwise in the (y-down) image = negative cross: cross has the
+    # sign of n . v0 for n = (v1-v0) x (v2-v0), with the camera at the origin.
+    front = cross < 0
+    valid = okt & (front if cull_backfaces else (cross != 0)) & (j0 <= j1) & (i0 <= i1)
+    return {"X": X, "Y": Y, "z": zt, "dx": dx, "dy": dy, "cross": cross, "front": front, "valid": valid,
+            "i0": i0.long(), "j0": j0.long(), "w": (j1 - j0 + 1).long(), "h": (i1 - i0 + 1).long(),
+            "F": faces.shape[0], "HW": height * width}
+
+
+def _triangle_edges(t: dict, tri: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stage 2 for the triangles ``tri`` (indices into stage 1), renumbered 0..n-1.
+
+    A, B int32 and C int64 lists with e_k(p) = A_k p.x + B_k p.y + C_k >= 0 inside (p in
+    sub-pixel units), thr int32 fill-rule thresholds (inside iff e_k >= thr_k), z vertex
+    depths, tot (n,) float32 = sum_k e_k = |2 area|, the 1/Z plane (w0, ga, gb about the
+    snapped vertex x0, y0), the pixel box, the face index and the batch element's pixel base.
+    """
+    def g(x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, tri)
+    X, Y, zt = [g(x) for x in t["X"]], [g(y) for y in t["Y"]], [g(z) for z in t["z"]]
+    dx, dy = [g(d) for d in t["dx"]], [g(d) for d in t["dy"]]
+    cross = g(t["cross"])
     s64 = torch.sign(cross)
     s32 = s64.to(torch.int32)
     A = [-dy[k] * s32 for k in range(3)]
@@ -184,14 +217,6 @@ def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: 
     # Fill rule: an edge owns its pixel centres iff its inward normal (A, B) has A > 0 or
     # (A == 0 and B > 0); the neighbour across the edge has (-A, -B) and does not.
     thr = [((A[k] < 0) | ((A[k] == 0) & (Bc[k] <= 0))).to(torch.int32) for k in range(3)]
-    # Pixel-centre box: columns j with j*SUB + HALF in [xmin, xmax], clipped to the image.
-    j0 = _ceil_div(_min3(*X) - _HALF, _SUB).clamp_min(0)
-    j1 = torch.div(_max3(*X) - _HALF, _SUB, rounding_mode="floor").clamp_max(width - 1)
-    i0 = _ceil_div(_min3(*Y) - _HALF, _SUB).clamp_min(0)
-    i1 = torch.div(_max3(*Y) - _HALF, _SUB, rounding_mode="floor").clamp_max(height - 1)
-    # Front face = counter-clockwise in the (y-down) image = negative cross: cross has the
-    # sign of n . v0 for n = (v1-v0) x (v2-v0), with the camera at the origin.
-    valid = okt & ((cross < 0) if cull_backfaces else (cross != 0)) & (j0 <= j1) & (i0 <= i1)
     # Inverse depth is affine in the image: 1/Z(p) = sum_k e_k(p) / (tot Z_k). Relative to the
     # snapped vertex 0 (where e_0 = tot, e_1 = e_2 = 0) that is
     #   1/Z = 1/Z_0 + ga (p.x - x_0) + gb (p.y - y_0),  ga = sum_k A_k / Z_k / tot, ...
@@ -201,12 +226,11 @@ def _triangle_setup(xy: torch.Tensor, z: torch.Tensor, ok: torch.Tensor, faces: 
     ga = ((Af[0] / zt[0] + Af[1] / zt[1]) + Af[2] / zt[2]) / tot
     gb = ((Bf[0] / zt[0] + Bf[1] / zt[1]) + Bf[2] / zt[2]) / tot
     w0 = 1.0 / zt[0]
-    F = faces.shape[0]
-    face = torch.arange(F, device=xy.device).repeat(B)
-    base = torch.arange(B, device=xy.device).repeat_interleave(F) * (height * width)
+    F = t["F"]
+    b = torch.div(tri, F, rounding_mode="floor")
     return {"A": A, "B": Bc, "C": C, "thr": thr, "z": zt, "tot": tot,
-            "valid": valid, "i0": i0.long(), "j0": j0.long(), "w": (j1 - j0 + 1).long(),
-            "h": (i1 - i0 + 1).long(), "face": face, "base": base,
+            "i0": g(t["i0"]), "j0": g(t["j0"]), "w": g(t["w"]), "h": g(t["h"]),
+            "face": tri - b * F, "base": b * t["HW"],
             "ga": ga, "gb": gb, "w0": w0, "x0": X[0].long(), "y0": Y[0].long()}
 
 
@@ -251,16 +275,48 @@ def _default_chunk(device: torch.device) -> int:
 
 def rasterize(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, height: int,
               width: int, *, cull_backfaces: bool = False, near: float = 1e-3,
-              max_candidates: int | None = None) -> Fragments:
+              max_candidates: int | None = None, occluders: torch.Tensor | None = None) -> Fragments:
     """Z-buffer rasterise a batch of meshes sharing one topology.
 
     verts_cam (B, V, 3) camera-space vertices (float), faces (F, 3) int64, K (3, 3) or
     (B, 3, 3) intrinsics (last row [0, 0, 1]) for an image of ``height`` x ``width`` pixels.
     ``max_candidates`` bounds the pixels processed at once (a few tens of bytes each).
+    ``occluders`` ((F,) or (B, F) bool) is a pure speed hint for dense meshes with hidden
+    geometry (mouth socket, eyeball backs, far side): its front-facing triangles are drawn
+    first, then every other triangle is drawn unless that z-buffer provably hides it (exact
+    hierarchical-z culling, see :func:`_hidden`). The result is bit-identical for any mask.
     Runs on the device of ``verts_cam``; no Python loop over triangles or pixels (only over
     a few size classes and memory chunks). See the module doc for the fill, depth and
     dropping rules.
     """
+    zbuf, u, _, B, F = _zbuffer(verts_cam, faces, K, height, width, cull_backfaces, near, max_candidates,
+                                occluders)
+    return _resolve(zbuf, u, B, F, int(height), int(width))
+
+
+def rasterize_visible(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, height: int,
+                      width: int, *, cull_backfaces: bool = False, near: float = 1e-3,
+                      max_candidates: int | None = None, occluders: torch.Tensor | None = None
+                      ) -> tuple["Visible", torch.Tensor]:
+    """:func:`rasterize` reduced to its covered pixels: ``(vis, depth)``.
+
+    Bit-identical to ``visible(rasterize(...), faces)`` and the fragments' depth at
+    ``vis.pix`` ((N,) float32), without building the full-size face-index, barycentric and
+    depth images (the conditioning maps only need the covered pixels).
+    """
+    zbuf, u, faces, B, F = _zbuffer(verts_cam, faces, K, height, width, cull_backfaces, near, max_candidates,
+                                    occluders)
+    H, W = int(height), int(width)
+    pix, f, b, depth, bary = _winners(zbuf, u, B, F, H, W)
+    vid = tuple(faces[:, k].index_select(0, f) for k in range(3))
+    batch = b if B > 1 else torch.zeros_like(pix)
+    return Visible(pix, batch, vid, tuple(bary), (B, H, W)), depth
+
+
+def _zbuffer(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, height: int, width: int,
+             cull_backfaces: bool, near: float, max_candidates: int | None, occluders: torch.Tensor | None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, int, int]:
+    """Validate, set up and z-test every triangle: (z-buffer keys, triangle set-up, faces, B, F)."""
     if verts_cam.dim() != 3 or verts_cam.shape[-1] != 3:
         raise ValueError(f"verts_cam must be (B,V,3), got {tuple(verts_cam.shape)}")
     device = verts_cam.device
@@ -278,13 +334,138 @@ def rasterize(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, hei
         t = _triangle_setup(xy, z, ok, faces, H, W, cull_backfaces)
         zbuf = torch.full((B * H * W,), _KEY_EMPTY, dtype=torch.int64, device=device)
         tri = t["valid"].nonzero().squeeze(1)
+        drawn, parts = [tri], []
         if tri.numel():
             sink = _ZSink(zbuf, cap)
-            small = (t["h"].index_select(0, tri) <= _GRID_MAX) & (t["w"].index_select(0, tri) <= _GRID_MAX)
-            _grid_items(t, tri[small], sink, H, W, cap)
-            _span_items(t, tri[~small], sink, W, cap)
+            if occluders is not None:
+                occ = torch.as_tensor(occluders, device=device).to(torch.bool)
+                if occ.shape not in ((F,), (B, F)):
+                    raise ValueError(f"occluders must be ({F},) or ({B},{F}), got {tuple(occ.shape)}")
+                occ = occ.reshape(-1) if occ.dim() == 2 else occ.repeat(B)
+                first = occ.index_select(0, tri) & t["front"].index_select(0, tri)
+                # Pass 1: the likely-visible triangles fill the z-buffer; pass 2: every other
+                # triangle is drawn unless the filled z-buffer provably hides it (exact culling).
+                drawn = [tri[first]]
+                parts = [_triangle_edges(t, drawn[0])]
+                _draw(parts[0], sink, H, W, cap)
+                sink.flush()
+                rest = tri[~first]
+                if rest.numel():
+                    rest = rest[~_hidden(zbuf, t, rest, B, H, W)]
+                drawn.append(rest)
+                parts.append(_triangle_edges(t, rest))
+                _draw(parts[1], sink, H, W, cap)
+            else:
+                parts = [_triangle_edges(t, tri)]
+                _draw(parts[0], sink, H, W, cap)
             sink.flush()
-        return _resolve(zbuf, t, B, F, H, W)
+        # The winners' edge data, for recomputing exact barycentrics and depth: the drawn
+        # triangles' stage 2, with a map from stage-1 index (b * F + face) to its row.
+        if len(parts) == 1:
+            u = parts[0]
+        elif parts:
+            u = {k: [torch.cat([p[k][c] for p in parts]) for c in range(3)] for k in ("A", "B", "C", "z")}
+            u["tot"] = torch.cat([p["tot"] for p in parts])
+        else:
+            u = _triangle_edges(t, tri)
+        drawn_all = drawn[0] if len(drawn) == 1 else torch.cat(drawn)
+        u["row"] = torch.full((B * F,), -1, dtype=torch.int64, device=device).index_copy_(
+            0, drawn_all, torch.arange(drawn_all.numel(), device=device))
+    return zbuf, u, faces, B, F
+
+
+def _draw(u: dict[str, torch.Tensor], sink: "_ZSink", H: int, W: int, cap: int) -> None:
+    """Every inside fragment of the triangles of stage-2 set ``u`` into the z-buffer sink."""
+    n = u["h"].numel()
+    if n == 0:
+        return
+    small = (u["h"] <= _GRID_MAX) & (u["w"] <= _GRID_MAX)
+    _grid_items(u, small.nonzero().squeeze(1), sink, H, W, cap)
+    _span_items(u, (~small).nonzero().squeeze(1), sink, W, cap)
+
+
+# Relative bound on the float32 error of the rasteriser's 1/Z plane evaluation (a few float32
+# roundings, ~1e-6 at most; see _hidden), with a wide safety factor.
+_PLANE_REL_ERR = 1e-5
+# Occlusion tests cover boxes up to this side (2**(_HIZ_LEVELS-1) <= _HIZ_MAX < 2**_HIZ_LEVELS).
+_HIZ_LEVELS = 4
+_HIZ_MAX = (1 << _HIZ_LEVELS) - 1
+_FLOOR_LOG2_LUT = [0, 0] + [int(np.floor(np.log2(n))) for n in range(2, _HIZ_MAX + 1)]
+
+
+def _hidden(zbuf: torch.Tensor, t: dict[str, torch.Tensor], tri: torch.Tensor, B: int, H: int,
+            W: int) -> torch.Tensor:
+    """(n,) bool: triangle ``tri`` cannot win any pixel against the current z-buffer.
+
+    Hierarchical-z occlusion culling (Greene, Kass & Miller 1993, "Hierarchical Z-buffer
+    visibility"), made exact: a triangle is hidden when an upper bound of the 1/Z its
+    fragments can get is below the *smallest* 1/Z already stored over its whole pixel box
+    (every box pixel covered). Fragments' 1/Z is a convex combination of the vertices' 1/Z
+    on the snapped triangle, so it is at most ``1/min Z_k``, plus the float32 error of the
+    plane evaluation ``(w0 + gb dy) + ga dx`` (bounded by a few ulps of
+    ``w0 + |ga| |dx| + |gb| |dy|``, with |ga| <= sum |A_k|/Z_k/tot; we allow 1e-5 of that).
+    Its z-keys are then strictly larger than the stored ones at every pixel it covers, so
+    it would never be visible: dropping it leaves the result bit-identical.
+
+    The box minimum is exact: a 2-D sparse table (range-minimum query) holds, per power-of-two
+    window size (2**a rows, 2**b columns), the minimum over the window at every pixel, and
+    a box of h x w pixels is the union of 4 such windows at its corners (2**a <= h < 2**(a+1)).
+    Boxes longer than ``_HIZ_MAX`` pixels are never culled (few, and cheap to draw anyway).
+    Returns False for every triangle it cannot prove hidden.
+    """
+    device = zbuf.device
+    key = zbuf.view(B, H, W)
+    hit = key != _KEY_EMPTY
+    bits = (_INF_BITS - (key >> 32)).to(torch.int32)
+    # Stored 1/Z per pixel (exactly the float the key was made from); -inf where empty, so an
+    # uncovered pixel in the box never lets a triangle be culled.
+    stored = torch.where(hit, bits.view(torch.float32), torch.tensor(float("-inf"), device=device))
+    i0, j0, h, w = (t[k].index_select(0, tri) for k in ("i0", "j0", "h", "w"))
+    lut = torch.tensor(_FLOOR_LOG2_LUT, device=device)
+    ok = (h <= _HIZ_MAX) & (w <= _HIZ_MAX)
+    h, w = h.clamp_max(_HIZ_MAX), w.clamp_max(_HIZ_MAX)
+    a, b = lut.index_select(0, h), lut.index_select(0, w)
+    na = min(_HIZ_LEVELS, int(a.max()) + 1)
+    nb = min(_HIZ_LEVELS, int(b.max()) + 1)
+    # tables[ai * nb + bi] = min over rows [i, i + 2**ai) and columns [j, j + 2**bi), built in
+    # place (a window running past the image keeps the in-image part; never looked up there).
+    tables = stored.new_empty((na * nb, B, H, W))
+    for ai in range(na):
+        row = tables[ai * nb]
+        if ai == 0:
+            row.copy_(stored)
+        else:
+            d = 1 << (ai - 1)
+            prev = tables[(ai - 1) * nb]
+            torch.minimum(prev[:, :-d], prev[:, d:], out=row[:, :-d])
+            row[:, -d:] = prev[:, -d:]
+        for bi in range(1, nb):
+            d = 1 << (bi - 1)
+            prev, cur = tables[ai * nb + bi - 1], tables[ai * nb + bi]
+            torch.minimum(prev[:, :, :-d], prev[:, :, d:], out=cur[:, :, :-d])
+            cur[:, :, -d:] = prev[:, :, -d:]
+    flat = tables.view(-1)
+    base = (a * nb + b) * (B * H * W) + torch.div(tri, t["F"], rounding_mode="floor") * (H * W)
+    r0, c0 = base + i0 * W, j0
+    r1, c1 = r0 + (h - (1 << a)) * W, j0 + w - (1 << b)
+    m = torch.minimum(torch.minimum(flat.index_select(0, r0 + c0), flat.index_select(0, r0 + c1)),
+                      torch.minimum(flat.index_select(0, r1 + c0), flat.index_select(0, r1 + c1)))
+    # Upper bound of the triangle's fragment 1/Z (see above); |A_k| = |dy_k|, |B_k| = |dx_k|.
+    z = [t["z"][k].index_select(0, tri) for k in range(3)]
+    tot = t["cross"].index_select(0, tri).abs().to(torch.float32)
+    sa = ((t["dy"][0].index_select(0, tri).abs().to(torch.float32) / z[0]
+           + t["dy"][1].index_select(0, tri).abs().to(torch.float32) / z[1])
+          + t["dy"][2].index_select(0, tri).abs().to(torch.float32) / z[2]) / tot
+    sb = ((t["dx"][0].index_select(0, tri).abs().to(torch.float32) / z[0]
+           + t["dx"][1].index_select(0, tri).abs().to(torch.float32) / z[1])
+          + t["dx"][2].index_select(0, tri).abs().to(torch.float32) / z[2]) / tot
+    x0, y0 = t["X"][0].index_select(0, tri).long(), t["Y"][0].index_select(0, tri).long()
+    dxm = torch.maximum((j0 * _SUB + _HALF - x0).abs(), ((j0 + w - 1) * _SUB + _HALF - x0).abs())
+    dym = torch.maximum((i0 * _SUB + _HALF - y0).abs(), ((i0 + h - 1) * _SUB + _HALF - y0).abs())
+    near = 1.0 / _min3(*z)
+    err = _PLANE_REL_ERR * (near + sa * dxm.to(torch.float32) + sb * dym.to(torch.float32))
+    bound = (near * (1 + _PLANE_REL_ERR) + err).clamp_min(0)
+    return ok & (bound < m)
 
 
 class _ZSink:
@@ -471,6 +652,26 @@ def _span_items(t: dict[str, torch.Tensor], tri: torch.Tensor, sink: _ZSink, W: 
         sink.add(row_pix.index_select(0, prow) + j, _zkey(invz, row_face.index_select(0, prow)))
 
 
+def _winners(zbuf: torch.Tensor, t: dict[str, torch.Tensor], B: int, F: int, H: int, W: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Covered pixels of the z-buffer: (pix, face, batch, depth, [bary_0, bary_1, bary_2]), (N,)
+    each, with depth and barycentrics recomputed exactly from the winners' integer edges."""
+    pix = (zbuf != _KEY_EMPTY).nonzero().squeeze(1)
+    f = zbuf.index_select(0, pix) & _LOW32
+    b = torch.div(pix, H * W, rounding_mode="floor")
+    rem = pix - b * (H * W)
+    i = torch.div(rem, W, rounding_mode="floor")
+    j = rem - i * W
+    ti = t["row"].index_select(0, b * F + f)
+    px = j * _SUB + _HALF
+    py = i * _SUB + _HALF
+    e = [t["A"][k].index_select(0, ti) * px + t["B"][k].index_select(0, ti) * py
+         + t["C"][k].index_select(0, ti) for k in range(3)]
+    z = [t["z"][k].index_select(0, ti) for k in range(3)]
+    d, bc = _depth_and_bary(e, z, t["tot"].index_select(0, ti))
+    return pix, f, b, d, bc
+
+
 def _resolve(zbuf: torch.Tensor, t: dict[str, torch.Tensor], B: int, F: int, H: int, W: int
              ) -> Fragments:
     """Z-buffer keys -> face index, and depth/barycentrics recomputed exactly for the winners."""
@@ -479,19 +680,8 @@ def _resolve(zbuf: torch.Tensor, t: dict[str, torch.Tensor], B: int, F: int, H: 
     face_idx = torch.where(hit, zbuf & _LOW32, torch.full_like(zbuf, -1))
     depth = torch.full((B * H * W,), float("inf"), dtype=torch.float32, device=device)
     bary = torch.zeros((B * H * W, 3), dtype=torch.float32, device=device)
-    pix = hit.nonzero().squeeze(1)
-    if pix.numel():
-        b = torch.div(pix, H * W, rounding_mode="floor")
-        rem = pix - b * (H * W)
-        i = torch.div(rem, W, rounding_mode="floor")
-        j = rem - i * W
-        ti = b * F + face_idx.index_select(0, pix)
-        px = j * _SUB + _HALF
-        py = i * _SUB + _HALF
-        e = [t["A"][k].index_select(0, ti) * px + t["B"][k].index_select(0, ti) * py
-             + t["C"][k].index_select(0, ti) for k in range(3)]
-        z = [t["z"][k].index_select(0, ti) for k in range(3)]
-        d, bc = _depth_and_bary(e, z, t["tot"].index_select(0, ti))
+    if bool(hit.any()):
+        pix, _, _, d, bc = _winners(zbuf, t, B, F, H, W)
         depth.index_copy_(0, pix, d)
         bary.index_copy_(0, pix, torch.stack(bc, 1))
     return Fragments(face_idx.view(B, H, W), bary.view(B, H, W, 3), depth.view(B, H, W))

@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -51,6 +51,7 @@ from engine.errors import MediaError
 from engine.face.crop import CropTrack
 from engine.face.fit import FitResult
 from engine.util.atomic import atomic_path
+from engine.util.schema_npz import SchemaNpz
 
 SCHEMA = "portrait.tracking"
 SCHEMA_VERSION = 1
@@ -75,18 +76,9 @@ _FIT_KEYS = ("identity", "expression", "rotation", "head_rotation", "translation
              "landmarks_2d", "error_px", "nme", "iod", "fitted", "focal", "image_size", "converged")
 _CROP_KEYS = ("affine", "center", "side", "angle", "valid", "size", "plate_size")
 
-UpgradeFn = Callable[[dict, dict], tuple[dict, dict]]
-_UPGRADES: dict[int, UpgradeFn] = {}
-
-
-def register_upgrade(from_version: int, fn: UpgradeFn) -> None:
-    """Register ``fn(header, arrays) -> (header, arrays)`` turning a version ``from_version``
-    file into version ``from_version + 1`` (it must set ``header["schema_version"]``)."""
-    _UPGRADES[int(from_version)] = fn
-
-
-def unregister_upgrade(from_version: int) -> None:
-    _UPGRADES.pop(int(from_version), None)
+_FILE = SchemaNpz(SCHEMA, SCHEMA_VERSION, "tracking", "re-track the media")
+register_upgrade = _FILE.register_upgrade
+unregister_upgrade = _FILE.unregister_upgrade
 
 
 def fps_text(fps: Fraction) -> str:
@@ -293,24 +285,7 @@ def _json_default(obj: Any) -> Any:
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """Only the JSON header (cheap: the arrays are not decompressed)."""
-    p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "header" not in z.files:
-                raise MediaError(f"{p} is not a Portrait Engine tracking file (no header)")
-            text = str(z["header"])
-    except FileNotFoundError:
-        raise MediaError(f"tracking file not found: {p}") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise MediaError(f"cannot read tracking file {p}: {_one_line(exc)}") from None
-    try:
-        header = json.loads(text)
-    except ValueError:
-        raise MediaError(f"{p}: tracking header is not valid JSON") from None
-    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
-        raise MediaError(f"{p} is not a Portrait Engine tracking file "
-                         f"(schema {header.get('schema') if isinstance(header, dict) else None!r})")
-    return header
+    return _FILE.read_header(path)
 
 
 def load_tracking(path: str | os.PathLike) -> TrackingResult:
@@ -318,29 +293,7 @@ def load_tracking(path: str | os.PathLike) -> TrackingResult:
     from engine.face.landmarks import LandmarkTrack
 
     p = Path(path)
-    header = read_header(p)
-    try:
-        version = int(header.get("schema_version", 0))
-    except (TypeError, ValueError):
-        raise MediaError(f"{p}: tracking schema_version {header.get('schema_version')!r} is not an integer") from None
-    if version > SCHEMA_VERSION:
-        raise MediaError(f"{p} was written by a newer Portrait Engine ({header.get('engine_version')}; "
-                         f"tracking schema {version} > {SCHEMA_VERSION}): upgrade the engine or re-track")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k != "header"}
-    except (OSError, ValueError, EOFError) as exc:
-        raise MediaError(f"cannot read tracking file {p}: {_one_line(exc)}") from None
-    while version < SCHEMA_VERSION:
-        fn = _UPGRADES.get(version)
-        if fn is None:
-            raise MediaError(f"{p}: no upgrade from tracking schema {version} to {SCHEMA_VERSION}; re-track the media")
-        header, arrays = fn(dict(header), dict(arrays))
-        new_version = int(header.get("schema_version", version))
-        if new_version <= version:
-            raise RuntimeError(f"tracking upgrade from version {version} did not advance schema_version")
-        version = new_version
-    header["schema_label"] = SCHEMA_LABEL
+    header, arrays = _FILE.load(p)
     _check_shapes(header, arrays, p)
     try:
         lm = LandmarkTrack.from_arrays({k: arrays[f"lm_{k}"] for k in _LM_KEYS})
@@ -384,7 +337,4 @@ def _check_shapes(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], p
         raise MediaError(f"{path}: tracking frame numbers are not increasing")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 

@@ -370,8 +370,16 @@ def read_exr(path: str | os.PathLike, *, header_only: bool = False) -> tuple[dic
         raise MediaError(f"EXR file not found: {path}")
     try:
         exr = OpenEXR.File(str(path), separate_channels=True, header_only=header_only)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except (RuntimeError, OSError, ValueError, IndexError) as exc:
+        # A truncated file surfaces from the binding as IndexError (its part list is short).
         raise MediaError(f"cannot read EXR {path}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from exc
+    try:
+        return _exr_contents(exr, path, header_only)
+    except (RuntimeError, IndexError, KeyError) as exc:
+        raise MediaError(f"cannot read EXR {path}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from exc
+
+
+def _exr_contents(exr: Any, path: Path, header_only: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     channels: dict[str, np.ndarray] = {}
     types: dict[str, str] = {}
     parts_info = []

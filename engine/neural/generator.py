@@ -232,7 +232,9 @@ class UNet(nn.Module):
         h = skips.pop()
         if self.film is not None and film is not None:
             gamma, beta = self.film(film.to(h.dtype)).chunk(2, -1)
-            h = h * (1 + gamma[..., None, None]) + beta[..., None, None]
+            # Scale bounded to (0, 2): an outlier coefficient vector (a tracking glitch, an
+            # extreme driven expression) cannot flip or explode the bottleneck features.
+            h = h * (1 + torch.tanh(gamma)[..., None, None]) + beta[..., None, None]
         for up in self.ups:
             s = skips.pop()
             h = F.interpolate(h, size=s.shape[-2:], mode="bilinear", align_corners=False)

@@ -52,6 +52,16 @@ class CropRender:
     usable: np.ndarray
 
 
+def _training_face_model(meta: Any, path: Path) -> Any:
+    from engine.face.tracking_file import load_tracking
+
+    for tracking in meta.tracking_hashes:
+        if Path(tracking).exists():
+            return load_tracking(tracking).face_model()
+    raise ConfigError(f"{path}: the tracking file the actor model was trained from "
+                      f"({', '.join(meta.tracking_hashes) or 'not recorded'}) is gone; pass the face model")
+
+
 class CropRenderer:
     """An actor model plus the face model it was trained with, rendering :class:`FrameParams`."""
 
@@ -68,8 +78,14 @@ class CropRenderer:
             size=cfg.image_size, maps=_RENDER_MAPS, num_regions=cfg.region_channels))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, face_model: Any, *, device: str = "auto") -> "CropRenderer":
-        return cls(Renderer.from_checkpoint(Path(path), device=device), face_model)
+    def from_checkpoint(cls, path: str | os.PathLike, face_model: Any = None, *,
+                        device: str = "auto") -> "CropRenderer":
+        """Load an actor model. ``face_model`` None: the model of the tracking file the actor
+        was trained from (recorded in the checkpoint; its content hash is checked)."""
+        renderer = Renderer.from_checkpoint(Path(path), device=device)
+        if face_model is None:
+            face_model = _training_face_model(renderer.meta, Path(path))
+        return cls(renderer, face_model)
 
     @property
     def size(self) -> int:

@@ -41,6 +41,7 @@ from engine.neural.checkpoint import Checkpoint, CheckpointError, ModelMeta, cap
 from engine.neural.data import ClipSampler, FrameBatch, FrameDataset, Prefetcher, split_holdout
 from engine.neural.generator import GeneratorConfig, PortraitGenerator
 from engine.neural.losses import LossConfig, Losses
+from engine.neural.stage2 import Stage2, Stage2Config
 
 __all__ = ["OptimConfig", "DataConfig", "TrainConfig", "PRESETS", "preset_config", "make_config",
            "apply_overrides", "config_keys", "Trainer", "TrainResult", "TrainSpec", "run_training",
@@ -103,9 +104,15 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # Stage 2 (engine.neural.stage2): off by default, and then nothing of it runs.
+    stage2: Stage2Config = field(default_factory=Stage2Config)
 
     def validate(self) -> None:
         self.generator.validate()
+        self.stage2.validate()
+        if self.stage2.enabled and self.stage2.start_step >= self.steps > 0:
+            raise ConfigError(f"stage2.start_step {self.stage2.start_step} >= steps {self.steps}: "
+                              "stage 2 would never run")
         if self.steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("steps must be >= 0, checkpoint_every and log_every >= 1")
         if self.amp_dtype not in ("bf16", "fp16"):
@@ -150,7 +157,9 @@ def _draft() -> TrainConfig:
                                   unet_base=16, unet_depth=4, unet_max_channels=128),
         loss=LossConfig(perceptual=0.05, perceptual_layers=3, perceptual_size=64, perceptual_stride=2,
                         texture_decay_steps=1000),
-        optim=OptimConfig(lr=2e-3, texture_lr=1e-2, warmup_steps=50),
+        # lr 2e-3 collapsed (sigmoid outputs saturated, L1 0.012 -> 0.31 at step ~900 on the
+        # EDTalk plate, bench/neural_draft.py), so the rates are halved.
+        optim=OptimConfig(lr=1e-3, texture_lr=5e-3, warmup_steps=50),
         data=DataConfig(clips_per_batch=2, clip_len=2, prefetch=0))
 
 
@@ -167,7 +176,19 @@ def _final() -> TrainConfig:
         data=DataConfig(clips_per_batch=4, clip_len=2, prefetch=3))
 
 
-PRESETS: dict[str, Callable[[], TrainConfig]] = {"tiny": _tiny, "draft": _draft, "final": _final}
+def _draft_s2() -> TrainConfig:
+    # ``draft`` stage 1, then 600 steps of stage 2 (auxiliary expressions / poses with the
+    # landmark, adversarial, identity and mouth losses), reconstruction continuing throughout.
+    cfg = _draft()
+    cfg.preset = "draft_s2"
+    cfg.steps = 2600
+    cfg.stage2 = Stage2Config(enabled=True, start_step=2000, warmup_steps=100, aux_per_step=2, pool_size=64,
+                              pool_refresh=200, identity_size=64)
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {"tiny": _tiny, "draft": _draft, "final": _final,
+                                                 "draft_s2": _draft_s2}
 
 
 def preset_config(name: str) -> TrainConfig:
@@ -363,7 +384,10 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, dataset: FrameDataset, out_dir: str | os.PathLike, meta: ModelMeta,
-                 *, train_indices: Sequence[int] | None = None, perceptual: torch.nn.Module | None = None) -> None:
+                 *, train_indices: Sequence[int] | None = None, perceptual: torch.nn.Module | None = None,
+                 aux: Any = None) -> None:
+        """``aux``: the stage-2 auxiliary parameter source (:class:`engine.neural.stage2.AuxSource`,
+        e.g. :class:`~engine.neural.stage2.ParamAuxSource`); required when ``stage2.enabled``."""
         config.validate()
         meta.validate()
         self.cfg = config
@@ -407,6 +431,13 @@ class Trainer:
              {"params": tex, "lr": o.texture_lr, "base_lr": o.texture_lr}],
             betas=o.betas, weight_decay=o.weight_decay, **({"fused": True} if self.use_cuda else {}))
         self.losses = Losses(config.loss, perceptual).to(self.device)
+        self.stage2: Stage2 | None = None
+        if config.stage2.enabled:
+            if aux is None:
+                raise ConfigError("stage 2 is enabled but no auxiliary parameter source was given "
+                                  "(it needs the plate's tracking)")
+            vgg = getattr(self.losses.perceptual, "metric", None)
+            self.stage2 = Stage2(config.stage2, config.generator, aux, self.device, config.seed, vgg=vgg)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._stop_requested = False
@@ -442,11 +473,19 @@ class Trainer:
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     # -- checkpoints
+    def _optimizer_state(self) -> dict[str, Any]:
+        opt = _to_cpu(self.optimizer.state_dict())
+        if self.stage2 is not None:
+            # Stage-2 state rides in the optimiser entry (landmark head, discriminator and
+            # their optimisers): the checkpoint schema stays the same, inference exports drop it.
+            opt["stage2"] = _to_cpu(self.stage2.state_dict())
+        return opt
+
     def _make_checkpoint(self, step: int, rng: dict[str, Any]) -> Checkpoint:
         return Checkpoint(step=step, model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                           generator_config=asdict(self.cfg.generator), train_config=asdict(self.cfg), meta=self.meta,
                           data_fingerprint=self.dataset.fingerprint, kind="training",
-                          optimizer=_to_cpu(self.optimizer.state_dict()),
+                          optimizer=self._optimizer_state(),
                           scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
                           rng=rng, sampler=self.sampler.state(step), history=self.history[-500:])
 
@@ -486,7 +525,11 @@ class Trainer:
             raise CheckpointError(f"{p} is an inference-only model, it cannot resume training")
         self._check_compatible(ckpt, p)
         self.model.load_state_dict(ckpt.model)
-        self.optimizer.load_state_dict(ckpt.optimizer)
+        opt = dict(ckpt.optimizer)
+        s2 = opt.pop("stage2", None)
+        self.optimizer.load_state_dict(opt)
+        if self.stage2 is not None and s2 is not None:
+            self.stage2.load_state_dict(s2)
         if ckpt.scaler and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt.scaler)
         if ckpt.rng is not None:
@@ -506,8 +549,15 @@ class Trainer:
             raise ConfigError(f"checkpoint {p} belongs to actor '{ckpt.meta.actor_id}', not '{self.meta.actor_id}'")
         old = _flatten(ckpt.train_config)
         new = _flatten(asdict(self.cfg))
+        s2_defaults = _flatten({"stage2": asdict(Stage2Config())})
+        s2_fresh = ("stage2" not in (ckpt.optimizer or {})) and ckpt.step <= self.cfg.stage2.start_step
         diff = sorted(k for k in set(old) | set(new)
-                      if k not in _RESUMABLE_KEYS and _norm(old.get(k)) != _norm(new.get(k)))
+                      if k not in _RESUMABLE_KEYS
+                      # A checkpoint from before stage 2 existed (no stage2.* keys) means "off".
+                      and _norm(old.get(k, s2_defaults.get(k))) != _norm(new.get(k))
+                      # Stage 2 may be switched on / tuned for a run that has not reached it yet
+                      # (stage 1 + N steps of stage 2, continuing a stage-1 checkpoint).
+                      and not (s2_fresh and k.startswith("stage2.")))
         if diff:
             raise ConfigError(f"cannot resume {p}: config differs in {', '.join(diff)} "
                               f"(only {', '.join(sorted(_RESUMABLE_KEYS))} may change)")
@@ -550,6 +600,16 @@ class Trainer:
         factor = self.lr_factor(s)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
+        if self.stage2 is not None and self.stage2.active(s) and not self.stage2.head_ready:
+            # Stage 2's first step: pre-train the landmark head (mutates it: no emergency
+            # checkpoint in between; one taken later in this step holds the pre-trained head).
+            self._mutating = True
+            try:
+                loss = self.stage2.pretrain_head(self.dataset, self.train_indices)
+            finally:
+                self._mutating = False
+            log.info("stage 2: landmark head pre-trained (%d steps, loss %s)",
+                     cfg.stage2.head_pretrain_steps, None if loss is None else round(loss, 5))
         self.optimizer.zero_grad(set_to_none=True)
         cond = batch.cond
         plate = batch.plate
@@ -560,6 +620,13 @@ class Trainer:
             mouth = cond.get(cfg.generator.mouth_key) if cfg.generator.mouth_key else None
             total, terms = self.losses(out, batch.target, face=cond[cfg.generator.face_key], mouth=mouth,
                                        clip_len=batch.clip_len, step=s, valid=batch.valid)
+            s2 = None
+            if self.stage2 is not None and self.stage2.active(s):
+                prep = ((lambda c: {k: v.contiguous(memory_format=torch.channels_last) for k, v in c.items()})
+                        if self.use_cuda and cfg.channels_last else (lambda c: c))
+                s2 = self.stage2.generator_pass(self.model, batch, out, s, prep)
+                total = total + s2.total
+                terms.update(s2.terms)
         if not torch.isfinite(total):
             # fp16 overflow is handled by the scaler; anything else is a real divergence.
             if not self.scaler.is_enabled():
@@ -571,6 +638,11 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
         self._mutating = True
         try:
+            if s2 is not None:
+                # Inside the mutating window: the discriminator's spectral-norm power iteration
+                # updates its buffers on this forward (an emergency checkpoint must not see that).
+                terms.update(self.stage2.aux_nets_backward(batch, out, s2, s))
+                self.stage2.optimizer_step()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step = s + 1
@@ -673,7 +745,10 @@ class TrainSpec:
     cache: a frame-cache folder (:class:`~engine.neural.data.FrameCacheWriter`); out_dir:
     where checkpoint.pt / model.pt / train_log.jsonl go; preset + overrides: the config;
     meta: the actor's provenance; train_indices: explicit training frames (default: all but
-    the last ``data.holdout_fraction``).
+    the last ``data.holdout_fraction``). Stage 2 (``stage2.enabled``): stage2_tracking, the
+    plate's tracking file (parameters of the cached frames, the face model);
+    stage2_expressions: tracking files (same face model) or drive files whose expressions
+    join the prior; stage2_drive: FrameParams of a shot's drive (offline fine-tuning).
     """
 
     cache: Path
@@ -682,6 +757,9 @@ class TrainSpec:
     preset: str = "draft"
     overrides: dict[str, Any] = field(default_factory=dict)
     train_indices: list[int] | None = None
+    stage2_tracking: Path | None = None
+    stage2_expressions: list[Path] = field(default_factory=list)
+    stage2_drive: list[Any] = field(default_factory=list)
 
 
 def run_training(spec: TrainSpec, *, handle_signals: bool = True, resume: bool = True,
@@ -691,7 +769,17 @@ def run_training(spec: TrainSpec, *, handle_signals: bool = True, resume: bool =
     from engine.neural.data import FrameCache
     cfg = make_config(spec.preset, spec.overrides)
     dataset = FrameCache.open(spec.cache)
-    trainer = Trainer(cfg, dataset, spec.out_dir, spec.meta, train_indices=spec.train_indices)
+    aux = None
+    if cfg.stage2.enabled:
+        from engine.neural.stage2 import aux_source_from_tracking
+        if spec.stage2_tracking is None:
+            raise ConfigError("stage 2 needs the plate's tracking file (TrainSpec.stage2_tracking)")
+        train_idx = spec.train_indices
+        if train_idx is None:
+            train_idx, _ = split_holdout(len(dataset), cfg.data.holdout_fraction)
+        aux = aux_source_from_tracking(spec.stage2_tracking, dataset, train_idx, cfg,
+                                       expressions=spec.stage2_expressions, drive=spec.stage2_drive)
+    trainer = Trainer(cfg, dataset, spec.out_dir, spec.meta, train_indices=spec.train_indices, aux=aux)
     if resume:
         trainer.resume()
     result = trainer.fit(handle_signals=handle_signals, on_checkpoint=on_checkpoint)

@@ -119,6 +119,7 @@ def execute_stage(stage: Stage, *, force: bool = False, progress_stream: Any = N
         "python": platform.python_version(),
     }
     atomic_write_json(manifest_path, manifest)
+    stage.failure_path().unlink(missing_ok=True)
     ctx.cleanup()
     return StageResult(name, "ran", reason, wall_s=wall, job_id=job_id, host=host, manifest=manifest_path)
 
@@ -141,9 +142,26 @@ def run_stage_job(stage: Stage) -> StageResult:
     except Exception as exc:  # noqa: BLE001 -- every failure is reported, with its traceback
         tb = traceback.format_exc()
         print(tb, file=sys.stderr, flush=True)
-        return StageResult(getattr(stage, "name", "?"), "failed", "failed", wall_s=time.perf_counter() - t0,
-                           job_id=current_job_id(), host=socket.gethostname(), error=_one_line(exc),
-                           traceback_text=tb)
+        result = StageResult(getattr(stage, "name", "?"), "failed", "failed", wall_s=time.perf_counter() - t0,
+                             job_id=current_job_id(), host=socket.gethostname(), error=_one_line(exc),
+                             traceback_text=tb)
+        write_failure(stage, result)
+        return result
+
+
+FAILURE_SCHEMA = "portrait.stage-failure/1"
+
+
+def write_failure(stage: Stage, result: StageResult) -> None:
+    """Leave the error and remote traceback next to the stage's manifest: ``portrait status``
+    shows them without the job's result pickle (gone with a requeue) or sacct."""
+    try:
+        path = stage.failure_path()
+    except Exception:  # noqa: BLE001 -- a stage too broken to name its files still reports via stderr
+        return
+    atomic_write_json(path, {"schema": FAILURE_SCHEMA, "stage": result.name, "error": result.error,
+                             "traceback": result.traceback_text, "job_id": result.job_id, "host": result.host,
+                             "failed_at": _now_iso(), "engine_version": __version__})
 
 
 def _ensure_worker_logging() -> None:
@@ -172,5 +190,24 @@ class StageJob(submitit.helpers.Checkpointable):
         return run_stage_job(stage)
 
     def checkpoint(self, stage: Stage) -> submitit.helpers.DelayedSubmission:
+        save_inflight_state(stage)
         log.info("checkpoint %s: requeued; finished work on disk will be kept", getattr(stage, "name", "?"))
         return submitit.helpers.DelayedSubmission(self, stage)
+
+
+def save_inflight_state(stage: Stage) -> Any:
+    """On preemption/timeout (submitit's checkpoint hook, inside the running job): let the
+    stage save what it would otherwise lose -- its ``on_preempt()`` (a training stage saves
+    the trainer's exact state) -- else save a trainer running in this process. Never raises:
+    the requeue must happen even if saving fails (the last periodic checkpoint stands)."""
+    try:
+        hook = getattr(stage, "on_preempt", None)
+        if callable(hook):
+            return hook() or "in-flight state"
+        train_mod = sys.modules.get("engine.neural.train")
+        if train_mod is not None:
+            return train_mod.checkpoint_active_trainer()
+    except Exception as exc:  # noqa: BLE001 -- see docstring
+        log.warning("checkpoint %s: could not save in-flight state (%s: %s)", getattr(stage, "name", "?"),
+                    type(exc).__name__, exc)
+    return None

@@ -62,8 +62,8 @@ def _file_sig(st: os.stat_result) -> str:
 def stat_signature(path: str | os.PathLike) -> str | None:
     """A cheap fingerprint of a file's or folder's on-disk state; None if it does not exist.
 
-    For folders it covers exactly the files :func:`path_sha256` hashes (names not starting
-    with '.'), so that a stale temp file from a killed atomic write changes neither.
+    For folders it covers exactly the files :func:`path_sha256` hashes (no path component
+    starting with '.'), so that a stale temp file from a killed atomic write changes neither.
     """
     p = Path(path)
     try:
@@ -73,7 +73,10 @@ def stat_signature(path: str | os.PathLike) -> str | None:
     if not p.is_dir():
         return "f" + _file_sig(st)
     h = hashlib.sha256()
-    for child in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
+    # Same selection as path_sha256: nothing under a hidden component (".portrait" state,
+    # job logs, ".x.tmp" partial writes), or every progress update would force a re-hash.
+    for child in sorted(q for q in p.rglob("*")
+                        if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts)):
         h.update(str(child.relative_to(p)).encode())
         h.update(_file_sig(child.stat()).encode())
     return "d" + h.hexdigest()
@@ -226,6 +229,11 @@ class Stage(abc.ABC):
 
     def scratch_path(self) -> Path:
         return self.state_dir() / "scratch" / self.validate_name()
+
+    def failure_path(self) -> Path:
+        """Where a failed run leaves its error and remote traceback (for ``portrait status``);
+        removed by the next successful run."""
+        return self.manifest_path().with_name(self.manifest_path().stem + ".failure.json")
 
     # -- hashing -----------------------------------------------------------------------------
     def params_sha256(self) -> str:

@@ -380,10 +380,16 @@ class Shot:
 
     # ------------------------------------------------------------------- helpers
     def config_hash(self) -> str:
-        """SHA-256 of the resolved config (defaults filled, paths absolute); provenance key."""
+        """SHA-256 of the resolved config (defaults filled, paths absolute); provenance key.
+
+        The ``executor`` section is left out: where and with how many array tasks a shot
+        runs does not change a pixel, so moving a shot from the workstation to the farm (or
+        raising ``time_min``) keeps its version instead of re-rendering it."""
         from engine.shot.loader import shot_to_dict
         from engine.util.hashing import config_sha256
-        return config_sha256(shot_to_dict(self))
+        d = shot_to_dict(self)
+        d.pop("executor", None)
+        return config_sha256(d)
 
     @property
     def version_label(self) -> str | None:

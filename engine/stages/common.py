@@ -71,3 +71,27 @@ def provenance(extra: dict[str, Any]) -> dict[str, str]:
     out = {"engineVersion": __version__, "jobId": job_id()}
     out.update({k: "" if v is None else str(v) for k, v in extra.items()})
     return out
+
+
+class FrameSequenceStageMixin:
+    """What the render stages share (mixed in before ``ItemStage``): the version's render
+    folder is the output and holds the state (one ledger per chunk stage name, so array
+    tasks never share one), and every frame number is one item. ``run`` streams the frames
+    (decoding the plate in order), so ``run_item`` is never used."""
+
+    layout: ShotLayout
+    frames: list[int]
+
+    def outputs(self) -> dict[str, Path]:
+        return {"frames": self.layout.render_dir}
+
+    def state_dir(self) -> Path:
+        return self.layout.render_dir / ".portrait"
+
+    def items(self) -> list:
+        from engine.pipeline import StageItem
+
+        return [StageItem(str(f), {"exr": self.layout.frame_path(f)}, {"frame": f}) for f in self.frames]
+
+    def run_item(self, ctx, item) -> None:  # pragma: no cover - run() streams
+        raise NotImplementedError(f"{type(self).__name__}.run streams frames; run_item is unused")

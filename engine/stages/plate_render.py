@@ -17,8 +17,8 @@ import numpy as np
 from engine.io import colour
 from engine.io.exr import exr_frame_metadata, write_exr
 from engine.io.plate import open_plate
-from engine.pipeline import ItemStage, StageContext, StageItem
-from engine.stages.common import FrameTiming, ShotLayout, provenance
+from engine.pipeline import ItemStage, StageContext
+from engine.stages.common import FrameSequenceStageMixin, FrameTiming, ShotLayout, provenance
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class PassthroughRenderConfig:
     provenance: dict[str, str] = field(default_factory=dict)
 
 
-class PassthroughRenderStage(ItemStage):
+class PassthroughRenderStage(FrameSequenceStageMixin, ItemStage):
     name = "render"
     item_unit = "frames"
 
@@ -51,19 +51,6 @@ class PassthroughRenderStage(ItemStage):
     def params(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "frames": [self.frames[0], self.frames[-1], len(self.frames)],
                 "timing": asdict(self.timing), "prefix": self.layout.frame_prefix}
-
-    def outputs(self) -> dict[str, Path]:
-        return {"frames": self.layout.render_dir}
-
-    def state_dir(self) -> Path:
-        # One state file per chunk so that array tasks never share a ledger.
-        return self.layout.render_dir / ".portrait"
-
-    def items(self) -> list[StageItem]:
-        return [StageItem(str(f), {"exr": self.layout.frame_path(f)}, {"frame": f}) for f in self.frames]
-
-    def run_item(self, ctx: StageContext, item: StageItem) -> None:  # pragma: no cover - run() streams
-        raise NotImplementedError("PassthroughRenderStage.run streams frames; run_item is unused")
 
     def _write(self, frame: int, image: np.ndarray) -> None:
         lin = colour.to_scene_linear(image, self.config.colourspace)

@@ -2,8 +2,15 @@
 
 The audio is placed by frame numbers: the plate's audio sample 0 plays at the plate's first
 frame (``start_frame``), so a movie starting at ``first`` skips ``first - start_frame`` frames
-of audio. Burn-in carries shot, version, frame number and timecode so a reviewer's note can
-name the exact frame.
+of audio; ``audio_offset_frames`` shifts it further (a dub's ``drive.offset``). Burn-in carries
+shot, version, frame number and timecode so a reviewer's note can name the exact frame.
+
+Pictures go through an OpenColorIO view transform (:mod:`engine.render.ocio`, the built-in
+ACES config): the EXRs' scene-linear pixels -> ``display`` / ``view`` (default: sRGB display,
+the ACES SDR output transform for scene-linear plates, un-tone-mapped on the plate's own
+display for video plates: see :func:`engine.render.ocio.view_transform`). The
+side-by-side plate goes through the same transform, so the two halves differ only where the
+render changed the picture.
 """
 from __future__ import annotations
 
@@ -21,8 +28,10 @@ from engine.io.exr import read_exr
 from engine.io.ffmpeg import probe
 from engine.io.movie import ReviewMovieWriter
 from engine.io.plate import open_plate
+from engine.io.sequence import is_sequence_pattern
 from engine.io.timecode import timecode_for_frame
 from engine.pipeline import Stage, StageContext
+from engine.render import ocio
 from engine.stages.common import FrameTiming, ShotLayout
 
 log = logging.getLogger(__name__)
@@ -30,21 +39,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReviewConfig:
-    colourspace: str = "Rec.709"
+    colourspace: str = "Rec.709"      # the plate's colourspace; the EXRs are in its linear space
     burn_in: bool = True
     side_by_side: bool = False
     crf: int = 18
+    display: str = "auto"             # an OCIO display; auto: ocio.default_display(colourspace)
+    view: str = "auto"                # an OCIO view of `display`; auto: ocio.default_view(colourspace)
+    audio_offset_frames: int = 0      # extra delay of the audio (frames), e.g. a dub's drive.offset
 
 
-def exr_display_rgb(path: Path, colourspace: str) -> np.ndarray:
-    """The ``R,G,B`` layer of a delivery EXR as display-referred uint8 for the review movie."""
+def exr_display_rgb(path: Path, colourspace: str, *, display: str = "auto",
+                    view: str = "auto") -> np.ndarray:
+    """The ``R,G,B`` layer of a delivery EXR (scene-linear in the linear space of the plate's
+    ``colourspace``) as display-referred uint8 through the OCIO view transform."""
     channels, _ = read_exr(path)
     try:
         lin = np.stack([channels["R"], channels["G"], channels["B"]], -1).astype(np.float32)
     except KeyError as exc:
         raise MediaError(f"{path}: no R,G,B channels") from exc
-    return colour.to_uint8(colour.to_display(colour.from_scene_linear(lin, colourspace)
-                                             if colourspace in colour.DISPLAY_SPACES else lin, colourspace))
+    return colour.to_uint8(ocio.view_transform(lin, colour.linear_space_of(colourspace), display=display,
+                                               view=view, plate_space=colourspace))
+
+
+def plate_display_rgb(image: np.ndarray, colourspace: str, *, display: str = "auto",
+                      view: str = "auto") -> np.ndarray:
+    """A plate frame through the same view transform as the render (for side by side)."""
+    lin = ocio.plate_to_linear(image, colourspace)
+    return colour.to_uint8(ocio.view_transform(lin, colour.linear_space_of(colourspace), display=display,
+                                               view=view, plate_space=colourspace))
 
 
 def burn_in(image: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -76,7 +98,7 @@ class ReviewStage(Stage):
         if self.audio:
             ins["audio"] = self.audio
         if self.config.side_by_side:
-            ins["plate"] = self.plate
+            ins["plate"] = self.plate.parent if is_sequence_pattern(self.plate) else self.plate
         return ins
 
     def params(self) -> dict[str, Any]:
@@ -98,7 +120,9 @@ class ReviewStage(Stage):
         missing = [f for f in frames if not self.layout.frame_path(f).exists()]
         if missing:
             raise MediaError(f"cannot assemble review movie: {len(missing)} frame(s) missing, first {missing[0]}")
-        first = exr_display_rgb(self.layout.frame_path(frames[0]), self.config.colourspace)
+        cfg = self.config
+        view = {"display": cfg.display, "view": cfg.view}
+        first = exr_display_rgb(self.layout.frame_path(frames[0]), cfg.colourspace, **view)
         h, w = first.shape[:2]
         size = (w * 2, h) if self.config.side_by_side else (w, h)
         audio = self._audio_source()
@@ -106,16 +130,17 @@ class ReviewStage(Stage):
         meta = {"title": f"{self.layout.show} {self.layout.sequence} {self.layout.shot} {self.layout.version}"}
         try:
             with ReviewMovieWriter(self.layout.review_movie, self.timing.fps, size, audio=audio,
-                                   audio_offset_frames=self.timing.start_frame - self.timing.first,
+                                   audio_offset_frames=(self.timing.start_frame - self.timing.first
+                                                        + cfg.audio_offset_frames),
                                    crf=self.config.crf, overwrite=True, metadata=meta) as mov, \
                     ctx.progress(len(frames), "frames") as prog:
                 plate_iter = plate.iter(frames[0], frames[-1]) if plate else None
                 for f in frames:
                     img = first if f == frames[0] else exr_display_rgb(self.layout.frame_path(f),
-                                                                       self.config.colourspace)
+                                                                       cfg.colourspace, **view)
                     if plate_iter is not None:
                         _, pimg = next(plate_iter)
-                        img = np.concatenate([colour.to_uint8(colour.to_display(pimg, self.config.colourspace)), img], 1)
+                        img = np.concatenate([plate_display_rgb(pimg, cfg.colourspace, **view), img], 1)
                     if self.config.burn_in:
                         tc = (timecode_for_frame(f, self.timing.fps, start_frame=self.timing.start_frame,
                                                  start_timecode=self.timing.start_timecode)

@@ -151,7 +151,13 @@ class TrainStage(Stage):
                                      "preset": self.preset, "overrides": self.overrides,
                                      "exp_names": list(tracking.exp_names)})
         meta.validate()
-        trainer = Trainer(cfg, cache, folder, meta, train_indices=train_idx)
+        aux = None
+        if cfg.stage2.enabled:
+            # Stage 2 (morphable prior): auxiliary expressions/poses sampled around the
+            # plate's tracked parameters (engine.neural.stage2).
+            from engine.neural.stage2 import aux_source_from_tracking
+            aux = aux_source_from_tracking(tracking, cache, train_idx, cfg)
+        trainer = Trainer(cfg, cache, folder, meta, train_indices=train_idx, aux=aux)
         resumed = trainer.resume()
         ctx.log.info("%s: %s at step %d of %d (%s preset, %d px, %d training frames)", self.name,
                      "resuming" if resumed else "training", trainer.step, cfg.steps, self.preset,

@@ -1,0 +1,308 @@
+"""Benchmark: audio-driven lip sync (per-actor audio-to-expression model).
+
+On the primary plate ``../shared/media/actor/EDTalk__pose_source2.mp4`` (1,499 frames,
+25 fps, its own AAC audio): track it (cached), measure the plate's own AV offset, train the
+audio-to-expression model on the first 90 % of frames and evaluate on the held-out last 10 %:
+
+* M-LMD: mean distance (px, at 256-px crop scale) between the lip landmarks (MediaPipe
+  outer + inner lip contours, 80 points) of the face model posed with the predicted
+  mouth/jaw coefficients and with the tracked ones (same identity, pose, upper face);
+* mouth-opening correlation between the predicted face and the tracked MediaPipe landmarks
+  (goal >= 0.6), and against the tracked fit;
+* bilabial closure hit rate: pocketsphinx phones p/b/m with the predicted lips closed
+  within +-1 frame (goal >= 80 %), with the same figure for the tracked face for reference;
+* AV offset of the prediction against its audio (energy cross-correlation and closure
+  estimators; goal within +-1 frame).
+
+On every clip in ``../shared/media/audio/`` (other speakers and languages; no ground truth):
+the dub path (features -> model -> mouth coefficients on the plate's head/upper face):
+bilabial hit rate (goal >= 70 %) and the AV offset estimate (goal within +-1 frame).
+
+Run: ``python -m bench.audio_drive [--scratch DIR] [--steps N] [--face-model ict|builtin] [--no-visemes]``.
+Tracking files and the trained checkpoint are cached under ``--scratch`` (default
+``$PORTRAIT_BENCH_SCRATCH`` or ``/tmp/portrait_bench_audio``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from engine.benchmark import BenchResult, peak_rss_mib
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PLATE = SHARED / "media" / "actor" / "EDTalk__pose_source2.mp4"
+AUDIO_DIR = SHARED / "media" / "audio"
+ICT = SHARED / "models" / "ict_facekit" / "ict_face_model_light_basis.npz"
+SR = 16000
+
+
+def _log(msg: str) -> None:
+    print(f"[audio_drive] {msg}", file=sys.stderr, flush=True)
+
+
+def _tracking(scratch: Path, face_model: str):
+    from engine.face.model import FaceModelConfig
+    from engine.face.track import track_media
+    from engine.face.tracking_file import load_tracking
+    path = scratch / f"{PLATE.stem}.{face_model}.tracking.npz"
+    if path.exists():
+        return load_tracking(path)
+    spec = (FaceModelConfig(kind="ict", path=str(ICT), cache_dir=str(scratch / "fm_cache"))
+            if face_model == "ict" else FaceModelConfig())
+    _log(f"tracking {PLATE.name} with {face_model} (cached at {path})")
+    res = track_media(PLATE, face_model_spec=spec)
+    res.write(path)
+    return load_tracking(path)
+
+
+def _lip_points() -> np.ndarray:
+    from engine.face.landmarks import LIPS_INNER, LIPS_OUTER
+    return np.array(sorted(set(LIPS_OUTER) | set(LIPS_INNER)), np.int64)
+
+
+def _project(model, params):
+    from engine.face.fit import project_landmarks
+    return project_landmarks(model, params.identity, params.expression, params.rotation, params.translation,
+                             params.focal, params.principal_point)
+
+
+def _crop256_scale(params) -> np.ndarray:
+    """Pixels -> pixels of a 256-px face crop, per frame (the crop affine's scale)."""
+    a = np.asarray(params.crop_affine, np.float64)[:, :, :2]
+    return np.sqrt(np.abs(np.linalg.det(a))) * 256.0 / float(params.crop_size)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or a[ok].std() == 0 or b[ok].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def _phones(scratch: Path, clip: Path, samples: np.ndarray, cfg) -> list:
+    """pocketsphinx phones of a clip, cached as JSON under the scratch dir."""
+    import json
+    from engine.audio.phones import Phone, phone_alignment
+    from engine.util.atomic import atomic_write_json
+    from engine.util.hashing import file_sha256
+    path = scratch / "phones" / f"{clip.stem}.{cfg.method}.{file_sha256(clip)[:12]}.json"
+    if path.exists():
+        return [Phone(str(a), float(b), float(c)) for a, b, c in json.loads(path.read_text())["phones"]]
+    ph = phone_alignment(samples, SR, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"phones": [[p.label, p.start_s, p.end_s] for p in ph]})
+    return ph
+
+
+def _sync_figures(prefix: str, samples, fps, mouth_open, phones, start_sample: int, time_offset_s: float,
+                  figures: dict, min_events: int = 5) -> None:
+    from engine.audio import sync as S
+    en = S.av_offset_from_audio(samples, SR, fps, mouth_open, start_sample=start_sample)
+    cl = S.estimate_closure_offset(phones, mouth_open, fps, time_offset_s=time_offset_s, min_events=min_events)
+    rep = S.bilabial_hits(phones, mouth_open, fps, tol_frames=1, time_offset_s=time_offset_s)
+    figures[f"{prefix}/av_offset_energy_frames"] = round(float(en.frames), 3)
+    figures[f"{prefix}/av_offset_energy_corr"] = round(float(en.correlation), 3)
+    figures[f"{prefix}/av_offset_closure_frames"] = round(float(cl.frames), 3)
+    figures[f"{prefix}/bilabial_hit_rate"] = round(float(rep.hit_rate), 4)
+    figures[f"{prefix}/bilabial_events"] = int(len(rep.hits))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scratch", default=os.environ.get("PORTRAIT_BENCH_SCRATCH", "/tmp/portrait_bench_audio"))
+    ap.add_argument("--face-model", choices=("ict", "builtin"), default="ict")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: A2EConfig's)")
+    ap.add_argument("--gap-weight", type=float, default=None, help="lip-gap loss weight (default: A2EConfig's)")
+    ap.add_argument("--no-visemes", dest="visemes", action="store_false",
+                    help="log-mel features only (default: also pocketsphinx viseme features)")
+    ap.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint")
+    ap.add_argument("--phones", choices=("words", "allphone"), default="words")
+    args = ap.parse_args(argv)
+    if not PLATE.exists():
+        print(f"skipped: {PLATE} not available", file=sys.stderr)
+        return 0
+    if args.face_model == "ict" and not ICT.exists():
+        args.face_model = "builtin"
+    from engine.audio import sync as S
+    from engine.audio.a2e import A2EConfig, A2EModel, apply_dub, lip_gap_jacobian, mouth_names_of, train_a2e
+    from engine.audio.features import audio_features
+    from engine.audio.phones import PhoneAlignConfig, pocketsphinx_version
+    from engine.face.params import FrameParams
+    from engine.io.audio import extract_audio
+    from engine.util.hashing import file_sha256
+
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    figures: dict = {"face_model": args.face_model, "pocketsphinx": pocketsphinx_version(),
+                     "phone_method": args.phones, "viseme_features": bool(args.visemes)}
+    notes: list[str] = []
+    t_all = time.perf_counter()
+
+    # ---- plate: tracking, audio, phones, own offset ------------------------------------------
+    tr = _tracking(scratch, args.face_model)
+    fps = Fraction(tr.fps)
+    n = len(tr.frame_numbers)
+    params = FrameParams.from_tracking(tr)
+    face = tr.face_model()
+    mo_track = S.mouth_opening(tr.landmarks.points, tr.usable)
+    audio = extract_audio(PLATE, SR)
+    pcfg = PhoneAlignConfig(method=args.phones)
+    t0 = time.perf_counter()
+    phones = _phones(scratch, PLATE, audio, pcfg)
+    figures["plate/phone_alignment_s"] = round(time.perf_counter() - t0, 1)
+    _sync_figures("plate_tracked", audio, fps, mo_track, phones, 0, 0.0, figures)
+    plate_offset = S.estimate_closure_offset(phones, mo_track, fps).frames
+    if not np.isfinite(plate_offset):
+        plate_offset = 0.0
+    figures["plate/train_av_offset_frames"] = round(float(plate_offset), 3)
+    notes.append(f"the plate's own audio measures {plate_offset:+.2f} frames late (closure estimator); "
+                 "training compensates it (A2EConfig.train_av_offset_frames)")
+
+    # the fitted model's own mouth opening (what the predicted faces are measured with)
+    mo_fit = S.mouth_opening(_project(face, params), params.usable)
+    figures["plate_fit/mouth_open_corr_vs_mediapipe"] = round(_corr(mo_fit, mo_track), 3)
+    # plate timing: the phone heard at audio frame f was articulated at video frame f - offset
+    rep_fit_all = S.bilabial_hits(phones, mo_fit, fps, time_offset_s=float(plate_offset) / float(fps))
+    figures["plate_fit/bilabial_hit_rate_plate_timing"] = round(float(rep_fit_all.hit_rate), 4)
+    notes.append("plate_fit/*: the tracked coefficients projected through the face model, scored like the "
+                 "predictions (the ceiling a perfect audio-to-expression model reaches in these metrics)")
+
+    # ---- train (cached) -------------------------------------------------------------------
+    cfg = A2EConfig(train_av_offset_frames=float(plate_offset), use_visemes=args.visemes)
+    feats = audio_features(audio, SR, fps, n, config=cfg.features, phones=phones if args.visemes else None)
+    if args.steps:
+        cfg.steps = args.steps
+    if args.gap_weight is not None:
+        cfg.gap_weight = args.gap_weight
+    ckpt = scratch / (f"{PLATE.stem}.{args.face_model}.s{cfg.steps}.g{cfg.gap_weight:g}.o{plate_offset:.2f}"
+                      f"{'.vis' if args.visemes else ''}.a2e.pt")
+    if ckpt.exists() and not args.retrain:
+        model = A2EModel.load(ckpt)
+        split = int(model.provenance["split_index"])
+        figures["train/cached_checkpoint"] = str(ckpt)
+    else:
+        _log(f"training a2e ({cfg.steps} steps)")
+        jac = lip_gap_jacobian(face, params, tr.exp_names, mouth_names_of(tr.exp_names))
+        model, rep = train_a2e(feats, tr.fit.expression, tr.exp_names, params.usable, mo_fit, float(fps), cfg,
+                               lip_gap_jacobian=jac,
+                               provenance={"plate": PLATE.name, "plate_sha256": file_sha256(PLATE),
+                                           "tracking_face_model": tr.face_model_id}, log=_log)
+        model.save(ckpt)
+        split = rep.split_index
+        figures["train/seconds"] = round(rep.seconds, 1)
+        figures["train/final_loss"] = round(rep.train_loss, 4)
+        figures["train/holdout_rmse_std_units"] = round(rep.holdout_rmse, 4)
+        figures["train/holdout_corr_jawOpen"] = round(rep.holdout_corr.get("jawOpen", float("nan")), 3)
+    figures["train/mouth_coefficients"] = len(model.mouth_names)
+    figures["train/gap_weight"] = model.config.gap_weight
+    figures["holdout/frames"] = n - split
+
+    # ---- held-out evaluation ---------------------------------------------------------------
+    held = np.arange(split, n)
+    # (a) in the plate's own timing (audio read `plate_offset` later) to compare with the tracked face
+    pred_video = model.predict(feats, av_offset_frames=float(plate_offset))
+    # (b) what a dub renders for this audio: in sync with it
+    pred_dub = model.predict(feats)
+    pv = params.select(held)
+    ok = pv.usable
+    lm_true = _project(face, pv)
+    lm_pred = _project(face, apply_dub(pv, pred_video[held], tr.exp_names, model.mouth_names))
+    lips = _lip_points()
+    err = np.linalg.norm(lm_pred[:, lips] - lm_true[:, lips], axis=-1).mean(axis=1) * _crop256_scale(pv)
+    figures["holdout/m_lmd_px256"] = round(float(np.nanmean(err[ok])), 3)
+    # the same error for a "mouth at rest" baseline (the closed rest pose on every frame)
+    rest = np.repeat(model.rest[None], len(held), axis=0)
+    lm_rest = _project(face, apply_dub(pv, rest, tr.exp_names, model.mouth_names))
+    err_rest = np.linalg.norm(lm_rest[:, lips] - lm_true[:, lips], axis=-1).mean(axis=1) * _crop256_scale(pv)
+    figures["holdout/m_lmd_px256_rest_baseline"] = round(float(np.nanmean(err_rest[ok])), 3)
+    mo_pred_v = S.mouth_opening(lm_pred, ok)
+    figures["holdout/mouth_open_corr_vs_mediapipe"] = round(_corr(mo_pred_v, mo_track[held]), 3)
+    figures["holdout/mouth_open_corr_vs_fit"] = round(_corr(mo_pred_v, S.mouth_opening(lm_true, ok)), 3)
+    # the same without the silence gate: this actor rests with the lips apart in pauses,
+    # which the gate (silence closes the mouth, as the dub requires) deliberately overrides
+    raw = model.predict(feats, av_offset_frames=float(plate_offset), silence_gate=False)
+    mo_raw = S.mouth_opening(_project(face, apply_dub(pv, raw[held], tr.exp_names, model.mouth_names)), ok)
+    figures["holdout/mouth_open_corr_vs_mediapipe_no_gate"] = round(_corr(mo_raw, mo_track[held]), 3)
+    figures["holdout/jaw_open_coeff_corr"] = round(_corr(pred_video[held, list(model.mouth_names).index("jawOpen")],
+                                                         tr.fit.expression[held, list(tr.exp_names).index("jawOpen")]), 3) \
+        if "jawOpen" in model.mouth_names else float("nan")
+    # sync of the dub-timed prediction against the held-out audio
+    lm_dub = _project(face, apply_dub(pv, pred_dub[held], tr.exp_names, model.mouth_names))
+    mo_dub = S.mouth_opening(lm_dub, ok)
+    b = S.frame_boundaries(fps, SR, n)
+    t_held = float(b[split]) / SR
+    # (the held-out 6 s hold only ~4 p/b/m: the closure offset needs >= 5 and reads NaN)
+    _sync_figures("holdout_pred", audio, fps, mo_dub, phones, int(b[split]), t_held, figures)
+    _sync_figures("holdout_tracked", audio, fps, mo_track[held], phones, int(b[split]), t_held, figures)
+    fit_mo = S.mouth_opening(lm_true, ok)
+    rep_fit = S.bilabial_hits(phones, fit_mo, fps, time_offset_s=t_held + float(plate_offset) / float(fps))
+    figures["holdout_fit/bilabial_hit_rate_plate_timing"] = round(float(rep_fit.hit_rate), 4)
+    # silence: does the mouth close on digital silence?
+    sil = audio_features(np.zeros(SR * 3, np.float32), SR, fps, 75, config=model.config.features,
+                         phones=[] if args.visemes else None)
+    y_sil = model.predict(sil)
+    lm_sil = _project(face, apply_dub(params.select(np.arange(75)), y_sil, tr.exp_names, model.mouth_names))
+    figures["silence/mouth_open_max"] = round(float(np.nanmax(S.mouth_opening(lm_sil))), 4)
+    y_sil_raw = model.predict(sil, silence_gate=False)
+    lm_sil_raw = _project(face, apply_dub(params.select(np.arange(75)), y_sil_raw, tr.exp_names, model.mouth_names))
+    figures["silence/mouth_open_max_without_gate"] = round(float(np.nanmax(S.mouth_opening(lm_sil_raw))), 4)
+
+    # ---- other speakers ---------------------------------------------------------------------
+    clips = sorted(p for p in AUDIO_DIR.glob("*") if p.suffix.lower() in (".wav", ".mp3", ".m4a", ".aac", ".flac"))
+    rates, offsets = [], []
+    for clip in clips:
+        x = extract_audio(clip, SR)
+        m = int(len(x) * fps / SR)
+        if m < 25:
+            continue
+        ph = _phones(scratch, clip, x, pcfg)
+        f = audio_features(x, SR, fps, m, config=model.config.features, phones=ph if args.visemes else None)
+        y = model.predict(f)
+        # the plate's head and upper face, cycled forth and back if the clip is longer
+        idx = np.arange(m) % (2 * n - 2)
+        idx = np.where(idx < n, idx, 2 * n - 2 - idx)
+        pp = params.select(idx)
+        mo = S.mouth_opening(_project(face, apply_dub(pp, y, tr.exp_names, model.mouth_names)), pp.usable)
+        key = f"other/{clip.stem}"
+        _sync_figures(key, x, fps, mo, ph, 0, 0.0, figures)
+        rates.append(figures[f"{key}/bilabial_hit_rate"])
+        offsets.append(figures[f"{key}/av_offset_energy_frames"])
+        _log(f"{clip.name}: hit {figures[f'{key}/bilabial_hit_rate']} offset {offsets[-1]} "
+             f"closure {figures[f'{key}/av_offset_closure_frames']}")
+    if rates:
+        r = np.asarray(rates, float)
+        o = np.asarray(offsets, float)
+        figures["other/clips"] = len(rates)
+        figures["other/bilabial_hit_rate_mean"] = round(float(np.nanmean(r)), 4)
+        figures["other/clips_hit_rate_ge_70"] = int(np.sum(r >= 0.7))
+        figures["other/clips_energy_offset_within_1"] = int(np.sum(np.abs(o) <= 1.0))
+
+    # ---- goals ------------------------------------------------------------------------------
+    goals = {
+        "holdout mouth-opening corr >= 0.6": figures["holdout/mouth_open_corr_vs_mediapipe"] >= 0.6,
+        "holdout bilabial hit rate >= 0.8": figures["holdout_pred/bilabial_hit_rate"] >= 0.8,
+        "holdout AV offset within 1 frame (energy)": abs(figures["holdout_pred/av_offset_energy_frames"]) <= 1.0,
+    }
+    if rates:
+        goals["other speakers: every clip hit rate >= 0.7"] = figures["other/clips_hit_rate_ge_70"] == len(rates)
+        goals["other speakers: every clip offset within 1 frame"] = \
+            figures["other/clips_energy_offset_within_1"] == len(rates)
+    figures["goals_met"] = {k: bool(v) for k, v in goals.items()}
+    figures["wall_s"] = round(time.perf_counter() - t_all, 1)
+    figures["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    out = BenchResult("audio_drive", figures=figures, notes=notes).write()
+    for k, v in figures.items():
+        print(f"{k}: {v}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
