@@ -562,7 +562,19 @@ def jobs_dir_of_job(job_id: str) -> Path:
         parts = line.split("|")
         if len(parts) == 2 and parts[1] and (Path(parts[1]) / PLAN_NAME).exists():
             return Path(parts[1])
-    raise PortraitError(f"job {job_id} is not a Portrait job known to sacct (no jobs folder found)")
+    # slurmdbd records a job a few seconds after it ends; until then (and for jobs still
+    # queued or running) slurmctld's own view has the working directory.
+    try:
+        ctl = subprocess.run([_slurm_cmd("scontrol"), "show", "job", "-o", main], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        ctl = None
+    for token in (ctl.stdout.split() if ctl is not None else []):
+        if token.startswith("WorkDir="):
+            work = Path(token.partition("=")[2])
+            if (work / PLAN_NAME).exists():
+                return work
+    raise PortraitError(f"job {job_id} is not a Portrait job known to sacct or scontrol (no jobs folder found)")
 
 
 def write_local_record(plan: GraphPlan, results: Sequence[StageResult], cluster: str,
