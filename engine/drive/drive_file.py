@@ -39,7 +39,7 @@ from engine import __version__
 from engine.errors import MediaError
 from engine.face.params import FrameParams
 from engine.util.atomic import atomic_path
-from engine.util.schema_npz import SchemaNpz, one_line as _one_line
+from engine.util.schema_npz import SchemaNpz, json_default as _json_default, one_line as _one_line
 
 from .transfer import FLAG_NAMES, DriveResult
 
@@ -70,18 +70,6 @@ class DriveFile(DriveResult):
     @property
     def fps(self) -> Fraction:
         return Fraction(self.header["fps"])
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, Fraction)):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def _fps_text(fps: Fraction) -> str:

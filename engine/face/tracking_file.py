@@ -51,7 +51,7 @@ from engine.errors import MediaError
 from engine.face.crop import CropTrack
 from engine.face.fit import FitResult
 from engine.util.atomic import atomic_path
-from engine.util.schema_npz import SchemaNpz
+from engine.util.schema_npz import SchemaNpz, json_default as _json_default
 
 SCHEMA = "portrait.tracking"
 SCHEMA_VERSION = 1
@@ -269,18 +269,6 @@ def write_tracking(result: TrackingResult, path: str | os.PathLike) -> Path:
     result.path = path
     result.header = header
     return path
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, Fraction)):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:

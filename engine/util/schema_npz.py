@@ -16,9 +16,24 @@ import numpy as np
 
 from engine.errors import MediaError
 
-__all__ = ["SchemaNpz", "UpgradeFn", "one_line"]
+__all__ = ["SchemaNpz", "UpgradeFn", "one_line", "json_default"]
 
 UpgradeFn = Callable[[dict, dict], tuple[dict, dict]]
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for headers: numpy scalars/arrays, paths, Fractions."""
+    from fractions import Fraction
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (Path, Fraction)):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def one_line(exc: BaseException) -> str:
