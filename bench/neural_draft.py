@@ -126,17 +126,21 @@ def main(argv=None) -> int:
                      consent="benchmark on public research footage (../shared/MEDIA.md)",
                      media_hashes={args.plate.name: tracking.media_sha256})
     run_dir = args.out / f"train_{args.name}"
-    # Size the schedule from a measured step time: 12 steps (after 3 warm-up) of a throwaway trainer.
-    probe = Trainer(make_config("draft", {**ov, "steps": 15}), cache, args.out / "probe", meta,
-                    train_indices=train_idx)
-    for s in range(3):
-        probe.train_step(probe._batch(s, None))
-    tp = time.perf_counter()
-    for s in range(3, 15):
-        probe.train_step(probe._batch(s, None))
-    step_s = (time.perf_counter() - tp) / 12
-    del probe
-    steps = args.steps or max(100, int(0.97 * budget / step_s))
+    step_s = None
+    if args.steps:
+        steps = args.steps
+    else:
+        # Size the schedule from a measured step time: 12 steps (after 3 warm-up) of a throwaway trainer.
+        probe = Trainer(make_config("draft", {**ov, "steps": 15}), cache, args.out / "probe", meta,
+                        train_indices=train_idx)
+        for s in range(3):
+            probe.train_step(probe._batch(s, None))
+        tp = time.perf_counter()
+        for s in range(3, 15):
+            probe.train_step(probe._batch(s, None))
+        step_s = (time.perf_counter() - tp) / 12
+        del probe
+        steps = max(100, int(0.97 * budget / step_s))
     cfg = make_config("draft", {**ov, "steps": steps, "time_limit_s": budget})
     trainer = Trainer(cfg, cache, run_dir, meta, train_indices=train_idx)
     trainer.resume()
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
         "plate": args.plate.name, "face_model": tracking.face_model_id, "size_px": args.size,
         "frames_total": len(cache), "frames_train": len(train_idx), "frames_heldout": len(test_idx),
         "heldout_frames": [int(cache.frame_numbers[test_idx[0]]), int(cache.frame_numbers[test_idx[-1]])],
-        "budget_min": args.budget_min, "threads": args.threads, "step_s_probe": round(step_s, 4),
+        "budget_min": args.budget_min, "threads": args.threads, "step_s_probe": None if step_s is None else round(step_s, 4),
         "steps_planned": steps, "steps_run": res.step, "train_status": res.status, "train_wall_s": res.wall_s,
         "track_s": round(track_s, 1), "cache_s": round(cache_s, 1), "eval_s": round(eval_s, 1),
         "total_s": round(time.perf_counter() - t_all, 1), "peak_rss_mib": round(peak_rss_mib(), 1),

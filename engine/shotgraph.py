@@ -48,7 +48,6 @@ from engine.errors import ConfigError
 from engine.pipeline import ExecutorConfig, ItemStage, Stage, StageResult, VersionDir, allocate_version, run_stages
 from engine.pipeline.chunk import FrameChunkStage, chunk_ranges
 from engine.pipeline.submit import GraphPlan, Seal, Submission, submit_graph, write_local_record
-from engine.qc.basic import BasicQcConfig, BasicQcStage
 from engine.qc.stage import shot_qc_stage
 from engine.shot import Shot
 from engine.stages.common import FrameTiming, ShotLayout
@@ -121,16 +120,14 @@ def _plate_audio(shot: Shot) -> Path | None:
 
 def plan_shot(shot: Shot, *, version: int | str | None = None, frames: Sequence[int] | None = None,
               track: bool | None = None, chunk_frames: int | None = None,
-              train: bool = False, full_qc: bool = False) -> ShotPlan:
+              train: bool = False) -> ShotPlan:
     """Allocate (or resume) the shot's version folders and build its stage graph.
 
     ``track``: plan the face-tracking stages (None: when something consumes them: a drive or
     training). ``chunk_frames``: split the render into chunks of this many frames (stages
     ``render-FIRST-LAST``, one job array on SLURM); None: one ``render`` stage. ``train``:
-    plan actor-model training when the shot names no ``actor.model`` (``portrait submit``
-    does; ``portrait run`` keeps the pass-through graph until the lead switches it on).
-    ``full_qc``: the full QC report of :mod:`engine.qc.stage` (lip sync, identity, landmark
-    and flicker gates; ``portrait submit``) instead of the basic one."""
+    plan actor-model training when the shot names no ``actor.model`` (``portrait run`` and
+    ``portrait submit`` do; without it and without a model the plate passes through)."""
     cfg_hash = shot.config_hash()
     want = shot.version if version is None else version
     fields = {"root": shot.output.root, "show": shot.show, "sequence": shot.sequence, "shot": shot.shot}
@@ -233,19 +230,11 @@ def plan_shot(shot: Shot, *, version: int | str | None = None, frames: Sequence[
                                       shot.plate.path, _plate_audio(shot)))
             deps["review"] = [r.name for r in renders]
             qc_prov = {**prov, "engineVersion": __version__, "shotFile": str(shot.source)}
-            qc_fn = shot_qc_stage if full_qc else None
-            if qc_fn is not None:
-                # The full QC (engine/qc): landmark targets from the drive and plate tracking.
-                plate_track = by_name.get("track-plate") if drive_path is not None else None
-                stages.append(qc_fn(shot, layout, timing, qc_prov, drive=drive_path,
-                                    tracking=plate_track.tracking_path() if plate_track is not None else None))
-                deps["qc"] = ["review"] + ([drive_name, "track-plate"] if plate_track is not None else [])
-            else:
-                th = shot.qc.thresholds
-                stages.append(BasicQcStage(layout, timing, BasicQcConfig(colourspace=space, psnr_min=th.psnr_min,
-                                                                         flicker_max=th.flicker_max),
-                                           shot.plate.path, qc_prov))
-                deps["qc"] = ["review"]
+            # The QC report (engine/qc): landmark targets from the drive and plate tracking.
+            plate_track = by_name.get("track-plate") if drive_path is not None else None
+            stages.append(shot_qc_stage(shot, layout, timing, qc_prov, drive=drive_path,
+                                        tracking=plate_track.tracking_path() if plate_track is not None else None))
+            deps["qc"] = ["review"] + ([drive_name, "track-plate"] if plate_track is not None else [])
     # Historical order (tests, reports): render first, then review/qc, then track stages.
     order = [s for s in stages if not s.name.startswith("track")] + [s for s in stages if s.name.startswith("track")]
     return ShotPlan(shot, layout, timing, order, deps, versions, groups)
@@ -253,12 +242,12 @@ def plan_shot(shot: Shot, *, version: int | str | None = None, frames: Sequence[
 
 def run_shot(shot: Shot, *, executor: str | None = None, version: int | str | None = None,
              frames: Sequence[int] | None = None, track: bool | None = None,
-             chunk_frames: int | None = None, train: bool = True, full_qc: bool = True) -> ShotRunResult:
+             chunk_frames: int | None = None, train: bool = True) -> ShotRunResult:
     """Run (or resume) a shot end to end -- track, train the actor model (unless the shot
     names one), drive, render, review, QC -- in this process's executor; marks the version
     complete when every stage is done."""
     plan = _plan_fresh(shot, version=version, frames=frames, track=track, chunk_frames=chunk_frames,
-                       train=train, full_qc=full_qc)
+                       train=train)
     cfg = executor_config(shot, executor)
     # Per-task logs and submitit files in the shot version's jobs folder (as `portrait submit`
     # does), not in whichever stage happens to be first (a shared tracking cache).
@@ -305,7 +294,7 @@ class ShotSubmitResult:
 
 def submit_shot(shot: Shot, *, cluster: str | None = None, version: int | str | None = None,
                 track: bool | None = None, chunk_frames: int | None = None,
-                train: bool = True, full_qc: bool = True) -> ShotSubmitResult:
+                train: bool = True) -> ShotSubmitResult:
     """Hand the shot's whole graph to its cluster.
 
     ``slurm``: every stage that is neither done nor already queued goes out at once with
@@ -315,7 +304,7 @@ def submit_shot(shot: Shot, *, cluster: str | None = None, version: int | str | 
     new version that reuses the content-keyed upstream work (tracking, training, drive)."""
     kind = cluster or shot.executor.kind
     chunk = chunk_frames or shot.executor.slurm.chunk_frames
-    plan = _plan_fresh(shot, version=version, track=track, chunk_frames=chunk, train=train, full_qc=full_qc)
+    plan = _plan_fresh(shot, version=version, track=track, chunk_frames=chunk, train=train)
     try:
         graph = plan.graph()
         if kind == "slurm":

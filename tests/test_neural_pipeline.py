@@ -171,3 +171,25 @@ def test_train_stage_rejects_bad_settings(tracking_path: Path, plate: Path, tmp_
         TrainStage(plate, tracking_path, tmp_path, actor_id="a", consent="  ", preset="tiny")
     with pytest.raises(ConfigError, match="preset"):
         TrainStage(plate, tracking_path, tmp_path, actor_id="a", consent="ok", preset="huge")
+
+
+def test_train_cli_trains_the_shots_actor_and_rejects_bad_settings(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """`portrait train SHOT.yaml`: tracks the plate, trains with the command line's preset and
+    overrides on top of the shot's, and reruns as a no-op; a bad key is one error line."""
+    from engine.demo import build_demo
+    from tools.cli import main
+
+    shot = build_demo(tmp_path / "demo", frames=6, executor="debug")
+    args = ["train", str(shot), "--preset", "tiny", "--set", "steps=2", "--set", "generator.image_size=32"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    models = list((tmp_path / "demo" / "out" / "actors" / "astronaut").glob("tiny-*/model.pt"))
+    assert len(models) == 1 and f"model:       {models[0]}" in out
+    from engine.neural.checkpoint import Checkpoint
+    ck = Checkpoint.load(models[0])
+    assert ck.step == 2 and ck.meta.provenance["overrides"]["generator.image_size"] == 32
+    assert main(args) == 0 and "skipped" in capsys.readouterr().out
+    assert main(["train", str(shot), "--set", "stepz=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "stepz" in err[0]

@@ -30,13 +30,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     track_stages, deps = shot_track_stages(shot)
     plate_track = track_stages[0]
-    train = shot_train_stage(shot, plate_track.tracking_path())
-    if args.preset or args.set:
-        overrides = dict(train.overrides)
-        overrides.update(dict(_parse_override(s) for s in args.set))
-        train = type(train)(train.media, train.tracking, train.root, actor_id=train.actor_id, consent=train.consent,
-                            preset=args.preset or train.preset, overrides=overrides,
-                            colourspace=train.colourspace, provenance=train.provenance)
+    train = shot_train_stage(shot, plate_track.tracking_path(), preset=args.preset,
+                             overrides=dict(_parse_override(s) for s in args.set))
     stages = [plate_track, train]
     results = run_stages(stages, executor_config(shot, args.executor),
                          deps={plate_track.name: [], train.name: [plate_track.name]})

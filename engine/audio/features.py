@@ -102,16 +102,23 @@ def _resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
     return resample_poly(x, target // g, int(sr) // g)
 
 
-def log_mel(samples: np.ndarray, sr: int, config: AudioFeatureConfig | None = None) -> np.ndarray:
-    """(T, n_mels) natural-log mel power; mel frame ``j`` is centred at ``j*hop + win/2``
-    seconds (at ``config.sample_rate``)."""
-    cfg = config or AudioFeatureConfig()
+def _analysis_signal(samples: np.ndarray, sr: int, cfg: AudioFeatureConfig) -> tuple[np.ndarray, int, int]:
+    """Mono float64 signal at ``cfg.sample_rate`` and the analysis window / hop in samples."""
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim == 2:
         x = x.mean(axis=1)
     x = _resample(x, sr, cfg.sample_rate)
-    win = int(round(cfg.win_s * cfg.sample_rate))
-    hop = int(round(cfg.hop_s * cfg.sample_rate))
+    return x, int(round(cfg.win_s * cfg.sample_rate)), int(round(cfg.hop_s * cfg.sample_rate))
+
+
+def log_mel(samples: np.ndarray, sr: int, config: AudioFeatureConfig | None = None) -> np.ndarray:
+    """(T, n_mels) natural-log mel power; mel frame ``j`` is centred at ``j*hop + win/2``
+    seconds (at ``config.sample_rate``)."""
+    cfg = config or AudioFeatureConfig()
+    return _log_mel(*_analysis_signal(samples, sr, cfg), cfg)
+
+
+def _log_mel(x: np.ndarray, win: int, hop: int, cfg: AudioFeatureConfig) -> np.ndarray:
     n = max(1 + (len(x) - win) // hop, 0) if len(x) >= win else 0
     fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     if n == 0:
@@ -133,14 +140,8 @@ def cmvn(logmel: np.ndarray, speech: np.ndarray | None = None, floor_std: float 
     return ((x - mu) / sd).astype(np.float32)
 
 
-def _frame_rms_dbfs(samples: np.ndarray, sr: int, cfg: AudioFeatureConfig, n: int) -> np.ndarray:
-    """RMS level (dB full scale) of each of the ``n`` mel analysis windows."""
-    x = np.asarray(samples, dtype=np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    x = _resample(x, sr, cfg.sample_rate)
-    win = int(round(cfg.win_s * cfg.sample_rate))
-    hop = int(round(cfg.hop_s * cfg.sample_rate))
+def _frame_rms_dbfs(x: np.ndarray, win: int, hop: int, n: int) -> np.ndarray:
+    """RMS level (dB full scale) of each of the ``n`` mel analysis windows of the analysis signal."""
     cs = np.concatenate([[0.0], np.cumsum(x * x)])
     s0 = hop * np.arange(n)
     p = (cs[np.minimum(s0 + win, len(x))] - cs[np.minimum(s0, len(x))]) / win
@@ -154,7 +155,8 @@ def audio_features(samples: np.ndarray, sr: int, fps: Fraction, n_frames: int, s
     viseme features."""
     cfg = config or AudioFeatureConfig()
     cfg.validate()
-    lm = log_mel(samples, sr, cfg)                       # (T, M) at cfg.sample_rate
+    x, win, hop_n = _analysis_signal(samples, sr, cfg)  # resampled once for both analyses
+    lm = _log_mel(x, win, hop_n, cfg)                    # (T, M) at cfg.sample_rate
     hop, half_win = cfg.hop_s, cfg.win_s / 2
     # frame level: log of the total mel power (a mean of log-bands would let quiet bands
     # mask a loud narrow-band sound)
@@ -162,7 +164,7 @@ def audio_features(samples: np.ndarray, sr: int, fps: Fraction, n_frames: int, s
     if len(lm):
         peak = np.percentile(frame_db, 95)
         speech_mel = (frame_db > peak - cfg.speech_db_below_peak / (10.0 / math.log(10))) \
-            & (_frame_rms_dbfs(samples, sr, cfg, len(lm)) > cfg.speech_floor_dbfs)
+            & (_frame_rms_dbfs(x, win, hop_n, len(lm)) > cfg.speech_floor_dbfs)
     else:
         speech_mel = np.zeros(0, bool)
     norm = cmvn(lm, speech_mel)

@@ -27,7 +27,6 @@ functions registered with :func:`register_upgrade`.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -38,8 +37,7 @@ import numpy as np
 from engine import __version__
 from engine.errors import MediaError
 from engine.face.params import FrameParams
-from engine.util.atomic import atomic_path
-from engine.util.schema_npz import SchemaNpz, json_default as _json_default, one_line as _one_line
+from engine.util.schema_npz import SchemaNpz, one_line as _one_line
 
 from .transfer import FLAG_NAMES, DriveResult
 
@@ -101,10 +99,7 @@ def write_drive(result: DriveResult, path: str | os.PathLike, *, fps: Fraction, 
     arrays["flags"] = np.asarray(result.flags, np.uint16)
     if result.positions is not None:
         arrays["positions"] = np.asarray(result.positions, np.int64)
-    arrays["header"] = np.array(json.dumps(header, sort_keys=True, default=_json_default))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    _FILE.write(path, header, arrays)
     return path
 
 

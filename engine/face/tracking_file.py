@@ -37,7 +37,6 @@ the next version), so a schema change never strands the tracking caches of earli
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -50,8 +49,7 @@ from engine import __version__
 from engine.errors import MediaError
 from engine.face.crop import CropTrack
 from engine.face.fit import FitResult
-from engine.util.atomic import atomic_path
-from engine.util.schema_npz import SchemaNpz, json_default as _json_default
+from engine.util.schema_npz import SchemaNpz
 
 SCHEMA = "portrait.tracking"
 SCHEMA_VERSION = 1
@@ -262,10 +260,7 @@ def write_tracking(result: TrackingResult, path: str | os.PathLike) -> Path:
     header["status_counts"] = result.status_counts()
     arrays = result.arrays()
     _check_shapes(header, arrays, path)
-    arrays["header"] = np.array(json.dumps(header, sort_keys=True, default=_json_default))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    _FILE.write(path, header, arrays)
     result.path = path
     result.header = header
     return path

@@ -402,6 +402,13 @@ class FrameCacheWriter:
             self.arrays["expr"][index] = e
         self._written[index] = True
 
+    def abort(self) -> None:
+        """Drop a partly built on-disk cache (its temp folder); the final path is untouched."""
+        self.arrays = {}
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
     def close(self) -> FrameCache:
         if not self._written.all():
             missing = [self.frames[i] for i in np.flatnonzero(~self._written)[:5]]

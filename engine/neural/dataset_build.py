@@ -157,10 +157,7 @@ def build_frame_cache(tracking: Any, plate: str | os.PathLike, out: str | os.Pat
             done += len(pending)
             flush()
     except BaseException:
-        # A killed or failed build leaves no half cache behind (the writer's temp folder).
-        if writer._tmp is not None:
-            import shutil
-            shutil.rmtree(writer._tmp, ignore_errors=True)
+        writer.abort()  # a killed or failed build leaves no half cache behind
         raise
     if progress is not None:
         progress(done, len(take))

@@ -505,10 +505,10 @@ def graph_status(plan: GraphPlan, record: Mapping[str, Any] | None = None, *,
                                       or failure.get("job_id") == row.job_id):
             row.state, row.detail = "failed", failure.get("error") or "failed"
             row.error, row.traceback = failure.get("error"), failure.get("traceback", "")
-        elif row.slurm_state == "CANCELLED" and "Dependency" in ((sacct or {}).get("Reason") or ""):
-            row.state, row.detail = "pending", "blocked: an upstream stage failed (portrait retry)"
-        elif row.slurm_state == "CANCELLED" and any(rows[d].state != "done" for d in graph[n]) \
-                and sacct and sacct.get("Start") in ("", "None", "Unknown"):
+        elif row.slurm_state == "CANCELLED" and ("Dependency" in ((sacct or {}).get("Reason") or "")
+                                                 or any(rows[d].state != "done" for d in graph[n])):
+            # Killed by --kill-on-invalid-dep (an afterok job cannot have started while an
+            # upstream stage was not done; sacct's Reason/Start for it vary with timing).
             row.state, row.detail = "pending", "blocked: an upstream stage failed (portrait retry)"
         elif row.slurm_state in FAILED_STATES:
             exit_code = (sacct or {}).get("ExitCode", "")

@@ -1,6 +1,5 @@
 """Quality control: metrics against the plate and the drive, gates, and the reviewer's report.
 
-* :mod:`engine.qc.basic` -- the foundation's report (frame completeness, PSNR, flicker).
 * :mod:`engine.qc.stage` -- the full QC: :func:`~engine.qc.stage.run_qc` on any render + plate
   (+ audio, drive file, tracking), :class:`~engine.qc.stage.QcStage` for the shot graph,
   :func:`~engine.qc.stage.shot_qc_inputs` / :func:`~engine.qc.stage.shot_qc_config` for a shot.

@@ -177,8 +177,11 @@ class TrainStage(Stage):
                      result.last.get("loss"), self.model_path())
 
 
-def shot_train_stage(shot, plate_tracking: Path, *, root: Path | None = None) -> TrainStage | None:
+def shot_train_stage(shot, plate_tracking: Path, *, root: Path | None = None, preset: str | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> TrainStage | None:
     """The shot's train stage (None when the shot names an existing ``actor.model``).
+    ``preset`` replaces the shot's ``train.preset``; ``overrides`` are applied over its
+    ``train.overrides``.
 
     Trains on the first training medium (``actor.media``, default the plate); several media
     per actor are not merged yet (a ConfigError says so rather than silently using one)."""
@@ -192,8 +195,8 @@ def shot_train_stage(shot, plate_tracking: Path, *, root: Path | None = None) ->
         raise ConfigError(f"actor '{shot.actor.id}': training media other than the plate need their own "
                           "tracking stage; not supported yet")
     return TrainStage(media[0], plate_tracking, root if root is not None else shot.output.root,
-                      actor_id=shot.actor.id, consent=shot.actor.consent, preset=shot.train.preset,
-                      overrides=dict(shot.train.overrides), colourspace=shot.plate.colourspace,
+                      actor_id=shot.actor.id, consent=shot.actor.consent, preset=preset or shot.train.preset,
+                      overrides={**shot.train.overrides, **(overrides or {})}, colourspace=shot.plate.colourspace,
                       provenance={"shot": str(shot.source), "shot_config_hash": shot.config_hash()[:16]})
 
 

@@ -66,6 +66,18 @@ class SchemaNpz:
     def unregister_upgrade(self, from_version: int) -> None:
         self.upgrades.pop(int(from_version), None)
 
+    def write(self, path: str | Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+        """Write ``arrays`` plus the JSON ``header`` atomically (a reader sees the old file or
+        the new one, never half)."""
+        from engine.util.atomic import atomic_path
+
+        out = dict(arrays)
+        out["header"] = np.array(json.dumps(header, sort_keys=True, default=json_default))
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **out)
+        return Path(path)
+
     def read_header(self, path: str | Path) -> dict[str, Any]:
         """Only the JSON header (cheap: the arrays are not decompressed)."""
         p = Path(path)
