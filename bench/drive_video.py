@@ -67,11 +67,26 @@ def _checkpoint() -> Path | None:
     return None
 
 
-def _neural_error(ckpt: Path, drive, plate, max_frames: int = 0) -> dict:
-    """Render the driven frames with the actor model, paste them back, re-track, compare."""
+def _driver_frames(media: Path, driver, positions: np.ndarray) -> dict[int, np.ndarray]:
+    """The driver's own frames (uint8 RGB) at the driving positions (exact rational times)."""
+    from engine.face.track import display_frames, open_media
+
+    want = sorted({int(min(max(0, math.floor(n / d + 0.5)), len(driver) - 1)) for n, d in positions})
+    src, _, _ = open_media(media, driver.fps, 0)
+    with src:
+        return {n: f for n, f in display_frames(src, want[0], want[-1], "Rec.709") if n in set(want)}
+
+
+def _neural_error(ckpt: Path, drive, plate, max_frames: int = 0, *, movie: Path | None = None,
+                  driver=None, driver_media: Path | None = None) -> dict:
+    """Render the driven frames with the actor model, paste them back, re-track, compare.
+    With ``movie``: a side-by-side review movie driver | plate | neural render of those frames."""
+    import cv2
+
     from engine.drive.metrics import expression_error
     from engine.face.crop import paste_back
     from engine.face.track import display_frames, open_media
+    from engine.io.movie import ReviewMovieWriter
     from engine.neural.online import CropRenderer
 
     model = plate.face_model()
@@ -96,6 +111,22 @@ def _neural_error(ckpt: Path, drive, plate, max_frames: int = 0) -> dict:
                            principal_point=params.principal_point)
     fig["checkpoint"] = str(ckpt)
     fig["face_model"] = model.model_id()
+    if movie is not None and driver is not None and driver_media is not None:
+        pos = drive.positions[idx]
+        drv = _driver_frames(driver_media, driver, pos)
+        h, w = out[0].shape[:2]
+        with ReviewMovieWriter(movie, Fraction(25), (3 * w - (3 * w) % 2, h - h % 2), overwrite=True) as mov:
+            for k, i in enumerate(idx):
+                d = drv[int(min(max(0, math.floor(pos[k][0] / pos[k][1] + 0.5)), len(driver) - 1))]
+                d = cv2.resize(d, (w, h), interpolation=cv2.INTER_AREA)
+                pl = frames[int(params.frame_numbers[i])]
+                nr = (np.clip(out[k], 0, 1) * 255 + 0.5).astype(np.uint8)
+                row = np.concatenate([d, pl, nr], 1)
+                for j, lab in enumerate(("driver", "plate", "neural render")):
+                    cv2.putText(row, lab, (j * w + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1,
+                                cv2.LINE_AA)
+                mov.write(row[:h - h % 2, :3 * w - (3 * w) % 2])
+        fig["movie"] = str(movie.relative_to(REPO) if movie.is_relative_to(REPO) else movie)
     return fig
 
 
@@ -161,7 +192,9 @@ def main(argv=None) -> int:
             entry["movie"] = str(out.relative_to(REPO) if out.is_relative_to(REPO) else out)
             entry["movie_wall_s"] = round(time.perf_counter() - t0, 2)
         if ckpt is not None:
-            entry["neural_expression_error"] = _neural_error(ckpt, keep, plate, args.neural_frames)
+            entry["neural_expression_error"] = _neural_error(
+                ckpt, keep, plate, args.neural_frames, driver=driver, driver_media=media,
+                movie=None if args.no_movies else movies / f"{name}_neural_{Path(clip).stem}.mp4")
         figures["drivers"][clip] = entry
         first = False
         print(f"{clip}: mouth r={entry['pose_plate']['mouth_open']['correlation']:.3f} "

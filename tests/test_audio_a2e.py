@@ -1,13 +1,15 @@
 """Audio-to-expression model: training on a synthetic actor, silence, checkpoints, dubbing."""
 from __future__ import annotations
 
+import copy
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from engine.audio import a2e as A
-from engine.audio.features import AudioFeatureConfig, audio_features
+from engine.audio.features import AudioFeatureConfig, AudioFeatures, audio_features
+from engine.audio.phones import Phone
 from engine.audio.sync import frame_boundaries
 from engine.errors import ConfigError, MediaError
 
@@ -166,3 +168,140 @@ def test_lip_gap_jacobian_builtin_model():
     jac = A.lip_gap_jacobian(model, p, model.exp_names, mouth)
     assert jac.shape == (len(mouth),) and np.isfinite(jac).all()
     assert jac[mouth.index("jawOpen")] > 0
+
+
+# ---------------------------------------------------------------------------------------
+# bilabial closures (JALI lip-closure rule) and the pause / long-silence poses
+# ---------------------------------------------------------------------------------------
+
+
+def test_closure_weights_frames_offset_ease_and_short_phones():
+    # M over 0.40-0.52 s at 25 fps: frame centres 0.42, 0.46, 0.50 s -> frames 10, 11, 12
+    phones = [Phone("AH", 0.20, 0.40), Phone("M", 0.40, 0.52), Phone("IY", 0.52, 0.70)]
+    w, n = A.bilabial_closure_weights(phones, 40, 25.0)
+    assert n == 1
+    assert np.array_equal(np.flatnonzero(w == 1.0), [10, 11, 12])
+    assert w[9] == 0.5 and w[13] == 0.5                      # 1-frame ease in/out
+    assert np.count_nonzero(w) == 5                          # the vowels are untouched
+    # the output frame t shows the audio of t + offset: a +3 offset moves the closure 3 earlier
+    w3, _ = A.bilabial_closure_weights(phones, 40, 25.0, offset_frames=3)
+    assert np.array_equal(np.flatnonzero(w3 == 1.0), [7, 8, 9])
+    # feature frame 0 starting 0.2 s into the audio the phones were found in
+    wt, _ = A.bilabial_closure_weights(phones, 40, 25.0, t0_s=0.2)
+    assert np.array_equal(np.flatnonzero(wt == 1.0), [5, 6, 7])
+    # a 20 ms B inside frame 20 (0.80-0.84 s) that covers no frame centre still closes frame 20
+    ws, n = A.bilabial_closure_weights([Phone("B", 0.805, 0.815)], 40, 25.0, ease_frames=2)
+    assert n == 1 and np.flatnonzero(ws == 1.0).tolist() == [20]
+    assert np.allclose(ws[[18, 19, 21, 22]], [1 / 3, 2 / 3, 2 / 3, 1 / 3])
+    # phones outside the frames are not counted
+    _, n = A.bilabial_closure_weights([Phone("P", 5.0, 5.1), Phone("P", -1.0, -0.9)], 40, 25.0)
+    assert n == 0
+
+
+def test_predict_closes_bilabials_only_with_phones(trained):
+    model, rep, f, exp = trained
+    assert model.closure.shape == model.rest.shape
+    model = copy.copy(model)                                   # the fixture is shared: poses on a copy
+    model.closure = model.rest + np.array([0.01, 0.02], np.float32)   # distinguishable from the gate's rest
+    phones = [Phone("M", 4.0, 4.12), Phone("AA", 4.12, 4.3), Phone("P", 10.0, 10.03)]
+    base = model.predict(f)
+    assert np.array_equal(model.predict(f, phones=None), base)                    # no phones: no rule
+    assert np.array_equal(model.predict(f, phones=phones, close_bilabials=False), base)
+    for off in (0.0, 2.0):
+        y = model.predict(f, phones=phones, av_offset_frames=off)
+        ref = model.predict(f, av_offset_frames=off)
+        core = [100 - int(off), 101 - int(off), 102 - int(off), 250 - int(off)]   # 4.0-4.12 s; 10.0-10.03 s
+        assert np.allclose(y[core], model.closure[None], atol=1e-6), off
+        ease = [99 - int(off), 103 - int(off)]
+        assert np.allclose(y[ease], 0.5 * ref[ease] + 0.5 * model.closure[None], atol=1e-5)
+        untouched = np.setdiff1d(np.arange(N), np.arange(97, 106) - int(off))
+        untouched = np.setdiff1d(untouched, np.arange(248, 253) - int(off))
+        assert np.array_equal(y[untouched], ref[untouched])
+
+
+def test_gate_short_pause_to_pause_pose_long_silence_to_rest(trained):
+    model, rep, f, exp = trained
+    speech = np.ones(N, bool)
+    speech[100:108] = False          # 0.32 s: a short pause
+    speech[200:240] = False          # 1.6 s: a long silence
+    g = AudioFeatures(f.mel, f.energy_db, speech, f.visemes)
+    model = copy.copy(model)
+    model.pause = model.rest + np.array([0.3, -0.2], np.float32)
+    y = model.predict(g, smoothing_sigma=0)
+    raw = model.predict(g, smoothing_sigma=0, silence_gate=False)
+    assert np.allclose(y[103:105], model.pause[None], atol=0.02)
+    assert np.allclose(y[205:235], model.rest[None], atol=1e-4)
+    assert np.allclose(y[150:190], raw[150:190], atol=1e-6)          # speech keeps the network's motion
+    ws, wl = A._silence_weights(speech, 25.0, 0.15, 0.6)
+    assert ws[103] > 0.95 and wl[103] == 0 and wl[220] > 0.99 and ws[220] == 0
+    assert np.all(ws + wl <= 1 + 1e-9)
+    ws, wl = A._silence_weights(speech, 25.0, 0.15, 2.0)
+    assert ws[220] > 0.99 and wl.max() == 0
+
+
+def test_pause_pose_is_learnt_from_the_plates_pauses():
+    """An actor who rests with the jaw at 0.2 in short pauses: the pause pose is that, the
+    closed rest pose stays shut, and a long silence still goes to the rest pose."""
+    x, exp = _actor(seed=3)
+    f = audio_features(x, SR, FPS, N, config=_small_config().features)
+    exp = exp.copy()
+    pauses = ~f.speech
+    exp[pauses, 1] = 0.2
+    mouth_open = exp[:, 1] * 0.1
+    mouth_open[pauses] = 0.02
+    model, _ = A.train_a2e(f, exp, EXP_NAMES, np.ones(N, bool), mouth_open, float(FPS), _small_config(steps=2))
+    assert model.provenance["poses"]["pause_frames"] >= 8
+    assert abs(model.pause[0] - 0.2) < 0.03, model.pause
+    assert model.rest[0] < 0.1                  # closed: measured opening jaw * 0.1 <= closed_threshold 0.01
+    off, _ = A.train_a2e(f, exp, EXP_NAMES, np.ones(N, bool), mouth_open, float(FPS),
+                         _small_config(steps=2, learn_pause_pose=False))
+    assert np.array_equal(off.pause, off.rest)
+    sil = audio_features(np.zeros(SR * 2, np.float32), SR, FPS, 50, config=model.config.features)
+    assert np.allclose(model.predict(sil), model.rest[None], atol=1e-4)
+
+
+def test_closure_pose_is_verified_through_the_face_model():
+    """The measured mouth opening calls frames closed whose coefficients the face model
+    renders open: the closure pose must come from the model's own lip gap."""
+    x, exp = _actor(seed=4)
+    f = audio_features(x, SR, FPS, N, config=_small_config().features)
+    exp = exp.copy()
+    exp[:, 2] = np.clip(exp[:, 2] + 0.4, 0, None)            # funnel never shut in this actor...
+    exp[::17, 2] = 0.0                                        # ...except on a few frames
+    measured = exp[:, 1] * 0.1                                 # the tracker only sees the jaw
+
+    def gap(y):                                                # the model: both coefficients part the lips
+        y = np.atleast_2d(y)
+        return 0.1 * y[:, 0] + 0.1 * y[:, 1]
+
+    model, _ = A.train_a2e(f, exp, EXP_NAMES, np.ones(N, bool), measured, float(FPS), _small_config(steps=2),
+                           lip_gap_fn=gap)
+    poses = model.provenance["poses"]
+    assert poses["rest_mouth_open_model"] > 0.02              # the measured-closed rest is open in the model
+    assert poses["closure_verified"] and gap(model.closure)[0] <= 0.02
+    assert poses["closure_source"] != "rest"
+    # without a face model the rest pose is used, unverified
+    plain, _ = A.train_a2e(f, exp, EXP_NAMES, np.ones(N, bool), measured, float(FPS), _small_config(steps=2))
+    assert np.array_equal(plain.closure, plain.rest) and not plain.provenance["poses"]["closure_verified"]
+
+
+def test_version1_checkpoint_loads_with_rest_as_pause_and_closure(trained, tmp_path):
+    import torch
+    model, rep, f, exp = trained
+    path = model.save(tmp_path / "new.a2e.pt")
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    assert st["schema_version"] == A.CHECKPOINT_VERSION == 2
+    for key in ("pause", "closure"):
+        del st[key]
+    for key in ("long_silence_s", "learn_pause_pose", "min_pause_frames", "close_bilabials", "bilabial_weight",
+                "bilabial_ease_frames", "closure_max_open"):
+        del st["config"][key]
+    st["schema_version"] = 1
+    torch.save(st, tmp_path / "v1.a2e.pt")
+    old = A.A2EModel.load(tmp_path / "v1.a2e.pt")
+    assert np.array_equal(old.pause, old.rest) and np.array_equal(old.closure, old.rest)
+    assert old.config.close_bilabials and old.config.long_silence_s == 0.6
+    y = old.predict(f, phones=[Phone("B", 2.0, 2.1)])
+    assert np.allclose(y[50:52], old.rest[None], atol=1e-6)
+    back = A.A2EModel.load(path)
+    assert np.array_equal(back.pause, model.pause) and np.array_equal(back.closure, model.closure)

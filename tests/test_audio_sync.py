@@ -111,6 +111,19 @@ def test_av_offset_undetermined_on_constant_signal():
         S.estimate_av_offset(np.zeros(10), np.zeros(11), Fraction(25))
 
 
+def test_offset_p_value_separates_paired_from_unrelated_signals():
+    fps, sr, n = Fraction(25), 16000, 300
+    mouth = _mouth(n, seed=5)
+    energy = S.audio_energy(_audio_following(mouth, fps, sr, 2.0, seed=6), sr, fps, n)
+    p_pair = S.offset_p_value(mouth, energy, 10)
+    assert p_pair is not None and p_pair <= 0.01        # the best a 300-frame clip can give: 1/(1+258)
+    # another mouth (same statistics) against the same audio: no pairing, no significance
+    p_other = S.offset_p_value(_mouth(n, seed=7), energy, 10)
+    assert p_other is not None and p_other > 0.05
+    # too short for the surrogate test to mean anything: None, not a number
+    assert S.offset_p_value(mouth[:45], energy[:45], 10) is None
+
+
 # ---------------------------------------------------------------------------------------
 # bilabials and closure offset
 # ---------------------------------------------------------------------------------------

@@ -178,3 +178,27 @@ def test_qc_stage_runs_in_the_shot_graph(tmp_path: Path) -> None:
     assert m["verdict"] == "PASS" and m["frames"]["missing"] == [] and m["review_movie"]["ok"]
     assert m["inputs"]["audio"].endswith("astronaut_plate.mp4") and m["provenance"]["shotFile"] == str(shot.source)
     assert qc.check().state == "done"
+
+
+def test_lip_sync_not_measured_on_a_face_that_does_not_articulate(tmp_path: Path) -> None:
+    """The demo's still photo: the re-tracked mouth only jitters (p95-p5 0.024 inter-ocular).
+    Against dialogue-like audio it must not produce an AV offset to gate (it used to give
+    -2.9 frames and FAIL the demo); a mouth that really moves is measured."""
+    from engine.demo import demo_audio
+    from engine.qc.measure import lip_sync
+    from engine.qc.media import AudioTrack
+
+    n = 120
+    audio = AudioTrack(demo_audio(n), 16000, 1001, tmp_path / "demo.wav")
+    rng = np.random.default_rng(0)
+    jitter = 0.30 + 0.0075 * rng.standard_normal(n)          # p95-p5 ~0.025, like the demo
+    unavailable: dict[str, str] = {}
+    out = lip_sync(jitter, audio, FPS, 1001, n, MeasureConfig(), unavailable)
+    assert "av_offset_frames" not in out and "hardly moves" in unavailable["av_offset_frames"]
+    # a mouth that opens and closes (syllables, 0.2 inter-ocular) is analysed
+    t = np.arange(n) / 25.0
+    talking = 0.25 + 0.1 * np.clip(np.sin(2 * np.pi * 4.0 * (t - 0.04)), 0, None)
+    unavailable = {}
+    out = lip_sync(talking, audio, FPS, 1001, n, MeasureConfig(), unavailable)
+    assert "av_offset_frames" in out and "av_offset_frames" not in unavailable, unavailable
+    assert out["av_p_value"] is not None and 0.0 < out["av_p_value"] <= 1.0

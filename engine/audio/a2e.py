@@ -22,10 +22,22 @@ Hinton 2013: warping the frequency axis by a random factor ~U(0.85, 1.15) simula
 vocal tract lengths), random spectral tilt and noise, so that a dub voice (another
 speaker, another language) lands inside what the model has seen.
 
-Silence closes the mouth: training windows get spans of silence (digital silence or a
-low noise floor) whose target is the actor's closed-mouth rest pose (mean coefficients
-over the plate frames with closed lips), and at inference a voice-activity gate blends the
-prediction toward that rest pose over pauses longer than ``min_silence_s``.
+Silence: training windows get spans of silence (digital silence or a low noise floor)
+whose target is the actor's closed-mouth rest pose (coefficient-wise median of the plate
+frames with the most firmly closed lips), and at inference a voice-activity gate blends the
+prediction over pauses of at least ``min_silence_s``: toward the actor's own *pause pose*
+(mean coefficients over the plate's short pauses, learnt at training time: many actors
+rest with the lips slightly apart between phrases) in short pauses, and toward the closed
+rest pose only in silences of at least ``long_silence_s`` (end of a line, digital silence).
+
+Bilabial closures: p, b and m are made with both lips shut, whatever the coarticulation
+(the lip-closure rule of the JALI viseme model, Edwards et al. 2016, and of production
+lip-sync rigs). A regression net trained with an L2 loss averages the short closures away
+(on the primary plate it closed the lips on 1 of 4 held-out p/b/m), so when the phones of
+the audio are known (:func:`engine.audio.phones.phone_alignment`) :meth:`A2EModel.predict`
+blends the mouth toward a closed-lips pose over each p/b/m phone's frames, with a short
+ease in/out so the jaw does not snap. The closure pose is verified through the face model
+at training time (it must project to a mouth opening well under the closed threshold).
 
 AV offset: ``train_av_offset_frames`` is the plate's own offset (audio late by that many
 frames, see :mod:`engine.audio.sync`): training reads the audio of frame ``t + offset`` for
@@ -42,7 +54,7 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,14 +62,16 @@ from torch import nn
 
 from engine import __version__
 from engine.audio.features import AudioFeatureConfig, AudioFeatures
+from engine.audio.phones import BILABIALS, Phone
 from engine.errors import ConfigError, MediaError
 from engine.util.atomic import atomic_path
 
 __all__ = ["A2EConfig", "A2ENet", "A2EModel", "mouth_names_of", "apply_dub", "shift_frames", "TrainReport",
-           "train_a2e", "lip_gap_jacobian", "CHECKPOINT_SCHEMA"]
+           "train_a2e", "lip_gap_jacobian", "mouth_opening_fn", "bilabial_closure_weights", "CHECKPOINT_SCHEMA"]
 
 CHECKPOINT_SCHEMA = "portrait.a2e"
-CHECKPOINT_VERSION = 1
+#: 2: adds the pause and closure poses (version-1 files load with both equal to the rest pose)
+CHECKPOINT_VERSION = 2
 
 
 def mouth_names_of(exp_names: Sequence[str]) -> tuple[str, ...]:
@@ -101,11 +115,31 @@ class A2EConfig:
     av_offset_frames: float = 0.0     # output mouth of frame t from audio at t + offset
     smoothing_sigma: float = 0.8      # Gaussian temporal smoothing of the output, frames (0: off)
     silence_gate: bool = True
-    min_silence_s: float = 0.15       # pauses at least this long close the mouth
+    min_silence_s: float = 0.15       # pauses at least this long are gated (shorter gaps keep their motion)
+    # Only silences at least this long go to the closed rest pose; shorter gated pauses go to
+    # the actor's own pause pose. This actor rests with the lips slightly apart between
+    # phrases: gating every pause shut lowered the held-out mouth correlation from 0.607
+    # (ungated) to 0.514, while a dub's long pauses and digital silence must still close.
+    long_silence_s: float = 0.6
+    learn_pause_pose: bool = True     # False: every gated pause goes to the closed rest pose
+    min_pause_frames: int = 8         # fewer plate pause frames than this: pause pose = rest pose
+    # Bilabial closures (JALI's lip-closure rule): with phones given, p/b/m frames are blended
+    # toward the closed-lips pose. The net alone averages short closures away.
+    close_bilabials: bool = True
+    bilabial_weight: float = 1.0      # blend weight on the phone's frames (1: the closure pose itself)
+    bilabial_ease_frames: int = 1     # linear ease in/out over this many frames each side (no snapping jaw)
+    # Training: the closure pose must project (through the face model, when given) to at most
+    # this mouth opening: half the closed threshold, leaving room for the head pose and the
+    # upper face of the frames it is applied on.
+    closure_max_open: float = 0.02
 
     def validate(self) -> None:
         if self.window < 8 or self.steps < 1 or self.batch < 1:
             raise ConfigError("a2e: window >= 8, steps >= 1, batch >= 1")
+        if self.min_silence_s <= 0 or self.long_silence_s < self.min_silence_s:
+            raise ConfigError("a2e: need 0 < min_silence_s <= long_silence_s")
+        if not 0.0 <= self.bilabial_weight <= 1.0 or self.bilabial_ease_frames < 0:
+            raise ConfigError("a2e: bilabial_weight must be in [0, 1] and bilabial_ease_frames >= 0")
         if not 0.0 < self.holdout_frac < 0.5:
             raise ConfigError(f"a2e: holdout_frac must be in (0, 0.5), got {self.holdout_frac}")
         if self.kernel % 2 != 1:
@@ -183,24 +217,75 @@ def _gauss_smooth(y: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter1d(y, sigma, axis=0, mode="nearest")
 
 
-def _silence_weight(speech: np.ndarray, fps: float, min_silence_s: float) -> np.ndarray:
-    """1 inside pauses of at least ``min_silence_s`` (not counting the first/last frame next
-    to speech, so onsets and releases keep their motion), 0 elsewhere, softened."""
+def _pause_masks(speech: np.ndarray, fps: float, min_silence_s: float,
+                 long_silence_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(short, long) bool masks of the frames inside pauses of at least ``min_silence_s``:
+    ``long`` for pauses of at least ``long_silence_s``, ``short`` for the others. The
+    first/last frame next to speech is left out, so onsets and releases keep their motion."""
     sil = ~np.asarray(speech, bool)
-    w = np.zeros(len(sil))
+    n = len(sil)
+    short, long_ = np.zeros(n, bool), np.zeros(n, bool)
     min_len = max(int(round(min_silence_s * fps)), 1)
+    long_len = max(int(round(long_silence_s * fps)), min_len)
     i = 0
-    while i < len(sil):
-        if sil[i]:
-            j = i
-            while j < len(sil) and sil[j]:
-                j += 1
-            if j - i >= min_len:
-                w[i + (1 if i > 0 else 0): j - (1 if j < len(sil) else 0)] = 1.0
-            i = j
-        else:
+    while i < n:
+        if not sil[i]:
             i += 1
-    return np.clip(_gauss_smooth(w, 1.0), 0.0, 1.0)
+            continue
+        j = i
+        while j < n and sil[j]:
+            j += 1
+        if j - i >= min_len:
+            (long_ if j - i >= long_len else short)[i + (1 if i > 0 else 0): j - (1 if j < n else 0)] = True
+        i = j
+    return short, long_
+
+
+def _silence_weights(speech: np.ndarray, fps: float, min_silence_s: float,
+                     long_silence_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Soft blend weights (short pauses, long silences) of :func:`_pause_masks`; each is
+    Gaussian-softened (sigma 1 frame) and, the masks being disjoint, they sum to <= 1."""
+    short, long_ = _pause_masks(speech, fps, min_silence_s, long_silence_s)
+    ws = np.clip(_gauss_smooth(short.astype(np.float64), 1.0), 0.0, 1.0)
+    wl = np.clip(_gauss_smooth(long_.astype(np.float64), 1.0), 0.0, 1.0)
+    return ws, wl
+
+
+def bilabial_closure_weights(phones: Sequence[Phone], n_frames: int, fps: float, *, offset_frames: float = 0.0,
+                             t0_s: float = 0.0, ease_frames: int = 1) -> tuple[np.ndarray, int]:
+    """(n_frames,) weight toward the closed-lips pose for the p/b/m phones, and how many
+    phones landed on at least one frame.
+
+    Phone times are seconds from the phones' time origin; video frame ``k`` covers
+    ``[t0_s + k/fps, t0_s + (k+1)/fps)`` of the audio read by the features, and the output
+    frame ``t`` shows the audio frame ``t + offset_frames`` (the shift ``predict`` applies to
+    the mel features). Weight 1 on the frames whose centre lies inside the phone (a phone
+    shorter than a frame: the frame holding its middle), easing linearly to 0 over
+    ``ease_frames`` frames each side (1 frame: 0.5 on each neighbour).
+    """
+    w = np.zeros(int(n_frames), np.float64)
+    n_done = 0
+    fps = float(fps)
+    for ph in phones:
+        if ph.label not in BILABIALS:
+            continue
+        a = (ph.start_s - t0_s) * fps - offset_frames
+        z = (ph.end_s - t0_s) * fps - offset_frames
+        # frame k's centre k + 0.5 in [a, z)  <=>  ceil(a - 0.5) <= k <= ceil(z - 0.5) - 1
+        f0 = int(math.ceil(a - 0.5 - 1e-9))
+        f1 = int(math.ceil(z - 0.5 - 1e-9)) - 1
+        if f1 < f0:
+            f0 = f1 = int(math.floor(0.5 * (a + z)))
+        if f1 < 0 or f0 >= n_frames:
+            continue
+        n_done += 1
+        w[max(f0, 0): min(f1, n_frames - 1) + 1] = 1.0
+        for e in range(1, int(ease_frames) + 1):
+            v = 1.0 - e / (ease_frames + 1.0)
+            for k in (f0 - e, f1 + e):
+                if 0 <= k < n_frames:
+                    w[k] = max(w[k], v)
+    return w, n_done
 
 
 def _vtlp(mel: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -230,10 +315,15 @@ class TrainReport:
 
 
 class A2EModel:
-    """A trained audio-to-expression model with its normalisation, rest pose and provenance."""
+    """A trained audio-to-expression model with its normalisation, poses and provenance.
+
+    Poses (K_mouth coefficients each): ``rest``, the closed-mouth rest pose (long silences);
+    ``pause``, the actor's own pose in short pauses (default: ``rest``); ``closure``, the
+    closed-lips pose that p/b/m are blended to (default: ``rest``)."""
 
     def __init__(self, net: A2ENet, config: A2EConfig, mouth_names: tuple[str, ...], exp_names: tuple[str, ...],
-                 mean: np.ndarray, std: np.ndarray, rest: np.ndarray, fps: float, provenance: dict[str, Any]):
+                 mean: np.ndarray, std: np.ndarray, rest: np.ndarray, fps: float, provenance: dict[str, Any],
+                 *, pause: np.ndarray | None = None, closure: np.ndarray | None = None):
         self.net = net.eval()
         self.config = config
         self.mouth_names = tuple(mouth_names)
@@ -241,17 +331,33 @@ class A2EModel:
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.rest = np.asarray(rest, np.float32)
+        self.pause = self.rest.copy() if pause is None else np.asarray(pause, np.float32)
+        self.closure = self.rest.copy() if closure is None else np.asarray(closure, np.float32)
+        for name in ("rest", "pause", "closure"):
+            if getattr(self, name).shape != (len(self.mouth_names),):
+                raise ConfigError(f"a2e: {name} pose has shape {getattr(self, name).shape} for "
+                                  f"{len(self.mouth_names)} mouth coefficients")
         self.fps = float(fps)
         self.provenance = dict(provenance)
 
     # -- inference ------------------------------------------------------------------------
     def predict(self, features: AudioFeatures, *, av_offset_frames: float | None = None,
-                smoothing_sigma: float | None = None, silence_gate: bool | None = None) -> np.ndarray:
-        """(N, K_mouth) coefficients (``self.mouth_names`` order) for the frames of ``features``."""
+                smoothing_sigma: float | None = None, silence_gate: bool | None = None,
+                phones: Sequence[Phone] | None = None, phones_t0_s: float = 0.0,
+                close_bilabials: bool | None = None) -> np.ndarray:
+        """(N, K_mouth) coefficients (``self.mouth_names`` order) for the frames of ``features``.
+
+        ``phones`` (:func:`engine.audio.phones.phone_alignment` of the same audio; times in
+        seconds from its sample 0, and ``phones_t0_s`` is where feature frame 0 starts, i.e.
+        ``start_sample / sr`` of :func:`engine.audio.features.audio_features`) switch on the
+        bilabial closure rule (``config.close_bilabials``; ``close_bilabials`` overrides it):
+        p/b/m frames, shifted by the same AV offset as the audio, are blended to
+        ``self.closure``. Without phones the output is the network's (gated, smoothed) own."""
         cfg = self.config
         off = cfg.av_offset_frames if av_offset_frames is None else float(av_offset_frames)
         sigma = cfg.smoothing_sigma if smoothing_sigma is None else float(smoothing_sigma)
         gate = cfg.silence_gate if silence_gate is None else bool(silence_gate)
+        close = cfg.close_bilabials if close_bilabials is None else bool(close_bilabials)
         self._check_features(features)
         mel = shift_frames(features.mel, off)
         extra = None
@@ -262,10 +368,24 @@ class A2EModel:
         y = z * self.std + self.mean
         y = _gauss_smooth(y, sigma)
         if gate:
-            w = _silence_weight(shift_frames(features.speech.astype(np.float32), off) > 0.5, self.fps,
-                                cfg.min_silence_s)[:, None]
-            y = y * (1 - w) + self.rest[None] * w
+            speech = shift_frames(features.speech.astype(np.float32), off) > 0.5
+            ws, wl = _silence_weights(speech, self.fps, cfg.min_silence_s, cfg.long_silence_s)
+            ws, wl = ws[:, None], wl[:, None]
+            y = y * (1 - ws - wl) + self.pause[None] * ws + self.rest[None] * wl
+        if close and phones is not None:
+            # after smoothing and the gate: the closure must hold exactly on the phone's frames
+            w, _ = self.closure_weights(len(features), phones, av_offset_frames=off, phones_t0_s=phones_t0_s)
+            w = (cfg.bilabial_weight * w)[:, None]
+            y = y * (1 - w) + self.closure[None] * w
         return y.astype(np.float32)
+
+    def closure_weights(self, n_frames: int, phones: Sequence[Phone], *, av_offset_frames: float | None = None,
+                        phones_t0_s: float = 0.0) -> tuple[np.ndarray, int]:
+        """:func:`bilabial_closure_weights` with this model's fps, ease and AV offset: the
+        per-frame closure weights ``predict`` uses and the number of closures enforced."""
+        off = self.config.av_offset_frames if av_offset_frames is None else float(av_offset_frames)
+        return bilabial_closure_weights(phones, n_frames, self.fps, offset_frames=off, t0_s=phones_t0_s,
+                                        ease_frames=self.config.bilabial_ease_frames)
 
     def _check_features(self, f: AudioFeatures) -> None:
         fc = self.config.features
@@ -281,7 +401,8 @@ class A2EModel:
         state = {"schema": CHECKPOINT_SCHEMA, "schema_version": CHECKPOINT_VERSION,
                  "engine_version": __version__, "config": self.config.to_dict(),
                  "mouth_names": list(self.mouth_names), "exp_names": list(self.exp_names),
-                 "mean": self.mean, "std": self.std, "rest": self.rest, "fps": self.fps,
+                 "mean": self.mean, "std": self.std, "rest": self.rest, "pause": self.pause,
+                 "closure": self.closure, "fps": self.fps,
                  "dims": self._dims, "provenance": self.provenance,
                  "state_dict": self.net.state_dict()}
         with atomic_path(path, overwrite=overwrite) as tmp:
@@ -304,8 +425,9 @@ class A2EModel:
         n_mels, win, n_extra, k = st["dims"]
         net = A2ENet(n_mels, win, n_extra, k, cfg)
         net.load_state_dict(st["state_dict"])
+        # version 1 had no pause/closure poses: both fall back to the rest pose
         m = cls(net, cfg, tuple(st["mouth_names"]), tuple(st["exp_names"]), st["mean"], st["std"], st["rest"],
-                st["fps"], st["provenance"])
+                st["fps"], st["provenance"], pause=st.get("pause"), closure=st.get("closure"))
         return m
 
     @property
@@ -321,7 +443,8 @@ class A2EModel:
 def train_a2e(features: AudioFeatures, expression: np.ndarray, exp_names: Sequence[str], usable: np.ndarray,
               mouth_open: np.ndarray, fps: float, config: A2EConfig | None = None,
               provenance: dict[str, Any] | None = None, log=None,
-              lip_gap_jacobian: np.ndarray | None = None) -> tuple[A2EModel, TrainReport]:
+              lip_gap_jacobian: np.ndarray | None = None,
+              lip_gap_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[A2EModel, TrainReport]:
     """Train on the first ``1 - holdout_frac`` of the frames; report on the rest.
 
     features: of the plate's own audio, one per plate frame. expression: (N, K_exp) tracked
@@ -332,6 +455,13 @@ def train_a2e(features: AudioFeatures, expression: np.ndarray, exp_names: Sequen
     mouth coefficient (:func:`lip_gap_jacobian`); adds a loss on the lip-gap error, which the
     coefficient loss alone under-weights (many coefficients move the lips a little; the gap
     is what the viewer and the bilabial check see).
+    lip_gap_fn: optional ``(M, K_mouth) -> (M,)`` mouth opening of mouth-coefficient sets
+    through the face model (:func:`mouth_opening_fn`); verifies that the closure pose really
+    shuts the lips (``config.closure_max_open``), else picks a tighter one from the frames
+    with the smallest model lip gap. Without it the closure pose is the rest pose, unverified.
+
+    Besides the network the model stores three poses: rest (closed), the actor's pause pose
+    (mean over the training frames inside short pauses of the plate's audio) and closure.
     """
     cfg = config or A2EConfig()
     cfg.validate()
@@ -364,6 +494,24 @@ def train_a2e(features: AudioFeatures, expression: np.ndarray, exp_names: Sequen
         closed = np.argsort(np.where(np.isfinite(mo_train), mo_train, np.inf))[:max(3, split // 20)]
     closed = closed[np.argsort(mo_train[closed])][:max(3, closed.size // 4)]
     rest = np.median(y_all[closed], axis=0)
+    closure, pose_info = _closure_pose(rest, y_all[:split], ok[:split], lip_gap_fn, cfg.closure_max_open)
+    # The actor's pause pose: mean coefficients over the training frames inside short pauses
+    # (the face of frame t goes with the audio of t + train offset, as below).
+    speech_face = shift_frames(features.speech.astype(np.float32), cfg.train_av_offset_frames)[:split] > 0.5
+    short, _ = _pause_masks(speech_face, float(fps), cfg.min_silence_s, cfg.long_silence_s)
+    in_pause = short & ok[:split]
+    pose_info["pause_frames"] = int(in_pause.sum())
+    if cfg.learn_pause_pose and in_pause.sum() >= cfg.min_pause_frames:
+        pause = y_all[:split][in_pause].mean(axis=0)
+        pose_info["pause_source"] = "mean over plate pause frames"
+        mo_p = np.asarray(mouth_open, np.float64)[:split][in_pause]
+        if np.isfinite(mo_p).any():
+            pose_info["pause_mouth_open_measured"] = float(np.nanmean(mo_p))
+    else:
+        pause = rest.copy()
+        pose_info["pause_source"] = "rest"
+    if lip_gap_fn is not None:
+        pose_info["pause_mouth_open_model"] = float(np.asarray(lip_gap_fn(pause[None]), np.float64)[0])
     y_std = np.where(ok[:, None], (y_all - mean) / std, 0.0).astype(np.float32)
     rest_std = ((rest - mean) / std).astype(np.float32)
 
@@ -451,8 +599,9 @@ def train_a2e(features: AudioFeatures, expression: np.ndarray, exp_names: Sequen
     net.eval()
     prov = {"trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "engine_version": __version__, "torch": torch.__version__, "n_frames": n, "split_index": split,
-            "train_seconds": round(seconds, 1), "lip_gap_loss": gap_t is not None, **(provenance or {})}
-    model = A2EModel(net, cfg, mouth, exp_names, mean, std, rest, fps, prov)
+            "train_seconds": round(seconds, 1), "lip_gap_loss": gap_t is not None, "poses": pose_info,
+            **(provenance or {})}
+    model = A2EModel(net, cfg, mouth, exp_names, mean, std, rest, fps, prov, pause=pause, closure=closure)
     # held-out evaluation, raw network output (no gate/smoothing) in standardised units
     pred = model.predict(features, av_offset_frames=cfg.train_av_offset_frames, smoothing_sigma=0.0,
                          silence_gate=False)
@@ -466,28 +615,94 @@ def train_a2e(features: AudioFeatures, expression: np.ndarray, exp_names: Sequen
     return model, TrainReport(cfg.steps, seconds, float(np.mean(losses[-50:])), rmse, corr, split)
 
 
-def lip_gap_jacobian(face_model, params, exp_names: Sequence[str], mouth_names: Sequence[str],
-                     index: int | None = None, delta: float = 0.05) -> np.ndarray:
-    """(K_mouth,) d(mouth opening)/d(coefficient) of the face model, by central differences
-    at one frame's pose with the mean expression of ``params`` (FrameParams of the plate)."""
+def _closure_pose(rest: np.ndarray, y_train: np.ndarray, ok_train: np.ndarray,
+                  lip_gap_fn: Callable[[np.ndarray], np.ndarray] | None,
+                  max_open: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """The closed-lips pose bilabials are blended to, and how it was chosen.
+
+    The rest pose when it projects through the face model to at most ``max_open``; else the
+    median of the training frames with the smallest model lip gap (the lowest 10, 5, 2, 1 %
+    in turn, the first that closes), else the single most closed training frame. The rest
+    pose comes from the *measured* mouth opening (MediaPipe in the drive stage), which
+    need not agree with the fitted model's lips: the model is what gets rendered."""
+    info: dict[str, Any] = {"closure_source": "rest", "closure_verified": False}
+    if lip_gap_fn is None:
+        return rest, info
+
+    def gap(c: np.ndarray) -> np.ndarray:
+        return np.asarray(lip_gap_fn(np.atleast_2d(c)), np.float64).ravel()
+
+    g_rest = float(gap(rest)[0])
+    info["rest_mouth_open_model"] = g_rest
+    if np.isfinite(g_rest) and g_rest <= max_open:
+        info.update(closure_verified=True, closure_mouth_open_model=g_rest)
+        return rest, info
+    cand = y_train[np.asarray(ok_train, bool)]
+    g = gap(cand) if len(cand) else np.empty(0)
+    fin = np.isfinite(g)
+    if not fin.any():                      # the face model has no lip landmarks: cannot verify
+        return rest, info
+    cand, g = cand[fin], g[fin]
+    order = np.argsort(g)
+    best, best_g, src = rest, (g_rest if np.isfinite(g_rest) else np.inf), "rest"
+    for q in (0.10, 0.05, 0.02, 0.01):
+        k = min(len(g), max(3, int(round(q * len(g)))))
+        c = np.median(cand[order[:k]], axis=0)
+        gc = float(gap(c)[0])
+        if gc < best_g:
+            best, best_g, src = c, gc, f"median of the {q:.0%} training frames with the smallest model lip gap"
+        if gc <= max_open:
+            break
+    if best_g > max_open and g[order[0]] < best_g:
+        best, best_g, src = cand[order[0]], float(g[order[0]]), "the training frame with the smallest model lip gap"
+    info.update(closure_source=src, closure_verified=bool(best_g <= max_open), closure_mouth_open_model=best_g)
+    return np.asarray(best, np.float32), info
+
+
+def mouth_opening_fn(face_model, params, exp_names: Sequence[str], mouth_names: Sequence[str],
+                     index: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``f(mouth_coeffs (M, K_mouth)) -> (M,)`` mouth opening
+    (:func:`engine.audio.sync.mouth_opening` of the face model's projected landmarks) at one
+    plate frame's head pose (default: the middle usable frame) with the plate's mean
+    expression on the other coefficients: how open a mouth pose renders on this actor."""
     from engine.audio.sync import mouth_opening
     from engine.face.fit import project_landmarks
     exp_names = tuple(exp_names)
     usable = np.flatnonzero(np.asarray(params.usable, bool))
     if usable.size == 0:
-        raise ConfigError("a2e: no usable frame to linearise the lip gap at")
+        raise ConfigError("a2e: no usable frame to evaluate the lip gap at")
     i = int(usable[len(usable) // 2]) if index is None else int(index)
     base = np.nanmean(np.asarray(params.expression, np.float64)[usable], axis=0)
-    rows = []
-    for name in mouth_names:
-        for sgn in (1.0, -1.0):
-            e = base.copy()
-            e[exp_names.index(name)] += sgn * delta
-            rows.append(e)
-    lm = project_landmarks(face_model, params.identity, np.asarray(rows, np.float32),
-                           np.repeat(params.rotation[i:i + 1], len(rows), 0),
-                           np.repeat(params.translation[i:i + 1], len(rows), 0), params.focal, params.principal_point)
-    mo = mouth_opening(lm).reshape(len(mouth_names), 2)
+    cols = [exp_names.index(m) for m in mouth_names]
+    rot, trans = params.rotation[i:i + 1], params.translation[i:i + 1]
+
+    def f(mouth_coeffs: np.ndarray) -> np.ndarray:
+        y = np.atleast_2d(np.asarray(mouth_coeffs, np.float64))
+        e = np.repeat(base[None], len(y), axis=0)
+        e[:, cols] = y
+        lm = project_landmarks(face_model, params.identity, e.astype(np.float32), np.repeat(rot, len(y), 0),
+                               np.repeat(trans, len(y), 0), params.focal, params.principal_point)
+        return mouth_opening(lm)
+
+    return f
+
+
+def lip_gap_jacobian(face_model, params, exp_names: Sequence[str], mouth_names: Sequence[str],
+                     index: int | None = None, delta: float = 0.05) -> np.ndarray:
+    """(K_mouth,) d(mouth opening)/d(coefficient) of the face model, by central differences
+    at one frame's pose with the mean expression of ``params`` (FrameParams of the plate)."""
+    exp_names = tuple(exp_names)
+    usable = np.flatnonzero(np.asarray(params.usable, bool))
+    if usable.size == 0:
+        raise ConfigError("a2e: no usable frame to linearise the lip gap at")
+    f = mouth_opening_fn(face_model, params, exp_names, mouth_names, index)
+    base = np.nanmean(np.asarray(params.expression, np.float64)[usable], axis=0)
+    m0 = base[[exp_names.index(m) for m in mouth_names]]
+    k = len(mouth_names)
+    rows = np.repeat(m0[None], 2 * k, axis=0)
+    rows[np.arange(k) * 2, np.arange(k)] += delta
+    rows[np.arange(k) * 2 + 1, np.arange(k)] -= delta
+    mo = f(rows).reshape(k, 2)
     return ((mo[:, 0] - mo[:, 1]) / (2 * delta)).astype(np.float32)
 
 

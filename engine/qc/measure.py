@@ -67,7 +67,11 @@ class MeasureConfig:
     perceptual_max_frames: int = 24
     identity: bool = True
     identity_max_frames: int = 48
-    min_mouth_motion: float = 0.02     # p95 - p5 of the mouth opening (inter-ocular units) for AV sync
+    # p95 - p5 of the render's mouth opening (inter-ocular units) below which AV sync is not
+    # measured: a face that does not articulate has no sync to measure. Measured: the demo's
+    # still photo (mouth only jitters with tracking noise) 0.024; EDTalk speech 0.162. 0.05 IOD
+    # is ~3 mm of lip travel, well below any spoken syllable.
+    min_mouth_motion: float = 0.05
     lmd_region: str = "face"           # "face" (468 mesh points) or "mouth" (lips): the gated LMD
     max_lag_frames: int = 10
     bilabial_tol_frames: int = 1
@@ -329,6 +333,7 @@ def measure(render: RenderSource, plate_path: Path, fps: Fraction, first: int, l
             m.summary["av_offset_raw_frames"] = raw
             m.summary["av_offset_frames"] = raw
             m.summary["av_correlation"] = m.lipsync["correlation_at_offset"]
+            m.summary["av_offset_p_value"] = m.lipsync.get("av_p_value")
             if plate_audio is not None:
                 base = plate_av_baseline(pf["target_mouth_open"] if target_points is None
                                          else np.where(p_usable, expression_measures(p_pts)[:, 0], np.nan),
@@ -462,6 +467,9 @@ def lip_sync(mouth_open: np.ndarray, audio: AudioTrack, fps: Fraction, first: in
     out["energy_db"] = energy.tolist()
     out["mouth_open"] = [None if not np.isfinite(v) else float(v) for v in mouth_open]
     av = sync.av_offset_from_audio(samples, sr, fps, mouth_open, 0, cfg.max_lag_frames)
+    # How much to trust the peak (reported, not gated): its p-value against circularly shifted
+    # mouth tracks (the same signals with the pairing broken).
+    out["av_p_value"] = sync.offset_p_value(mouth_open, energy, cfg.max_lag_frames)
     # the estimator's own (detrended) correlation at lag 0, comparable with the one at the peak
     out["correlation_lag0"] = float(av.curve[cfg.max_lag_frames]) if np.isfinite(av.curve[cfg.max_lag_frames]) else None
     out["av"] = av.to_dict()

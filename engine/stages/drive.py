@@ -49,7 +49,9 @@ class DriveStage(Stage):
     too: a re-learned model changes the drive).
     """
 
-    version = 1
+    # 2: audio mode enforces bilabial closures from the dub's phones and gates short pauses to
+    # the actor's pause pose (same inputs and params, different drive)
+    version = 2
 
     def __init__(self, out_path: str | Path, *, plate_tracking: str | Path, frames: tuple[int, int], fps: Fraction,
                  plate_start_frame: int, mode: str = "video", drive_tracking: str | Path | None = None,
@@ -162,7 +164,8 @@ class DriveStage(Stage):
             if self.plate_audio is not None:
                 inputs.update(plate_audio=str(self.plate_audio))
             result = audio_drive(plate, frames, self.audio, model_path, fps=self.fps,
-                                 plate_start_frame=self.plate_start_frame, offset=self.offset, region=self.region)
+                                 plate_start_frame=self.plate_start_frame, offset=self.offset, region=self.region,
+                                 log=ctx.log)
         else:
             result = plate_drive(plate, frames)
         model = plate.face_model()
@@ -189,7 +192,7 @@ def train_actor_a2e(plate, plate_audio: Path, out_path: Path, *, fps: Fraction, 
                     log=None) -> Path:
     """Train the actor's audio-to-expression model on the plate's own audio and tracked
     expressions (:func:`engine.audio.a2e.train_a2e`, held-out last 10 %) and save it."""
-    from engine.audio.a2e import train_a2e
+    from engine.audio.a2e import lip_gap_jacobian, mouth_names_of, mouth_opening_fn, train_a2e
     from engine.audio.features import audio_features
     from engine.audio.sync import mouth_opening
     from engine.io.audio import extract_audio, samples_for_frames
@@ -201,9 +204,19 @@ def train_actor_a2e(plate, plate_audio: Path, out_path: Path, *, fps: Fraction, 
     feats = audio_features(samples, sr, fps, len(plate), start_sample=start, config=config.features)
     usable = np.asarray(plate.usable, bool) & np.asarray(plate.fit.fitted, bool)
     mouth = mouth_opening(plate.landmarks.points, usable)
+    # The fitted face model is what gets rendered: its lip gap weights the training loss and
+    # verifies that the bilabial closure pose really shuts the lips.
+    face = plate.face_model()
+    params = FrameParams.from_tracking(plate)
+    mouth_names = tuple(config.mouth_names) if config.mouth_names else mouth_names_of(plate.exp_names)
+    jac = gap_fn = None
+    if params.usable.any():
+        jac = lip_gap_jacobian(face, params, plate.exp_names, mouth_names)
+        gap_fn = mouth_opening_fn(face, params, plate.exp_names, mouth_names)
     model, report = train_a2e(feats, plate.fit.expression, plate.exp_names, usable, mouth, float(fps), config,
                               provenance={"plate_media_sha256": plate.media_sha256,
-                                          "plate_audio": str(plate_audio), "face_model_id": plate.face_model_id})
+                                          "plate_audio": str(plate_audio), "face_model_id": plate.face_model_id},
+                              lip_gap_jacobian=jac, lip_gap_fn=gap_fn)
     if log is not None:
         log.info("audio-to-expression model: held-out RMSE %.3f (std units) after %d steps", report.holdout_rmse,
                  report.steps)
@@ -212,15 +225,22 @@ def train_actor_a2e(plate, plate_audio: Path, out_path: Path, *, fps: Fraction, 
 
 
 def audio_drive(plate, frames: np.ndarray, audio: Path, a2e_model: Path, *, fps: Fraction, plate_start_frame: int,
-                offset: int, region: str) -> DriveResult:
+                offset: int, region: str, log=None) -> DriveResult:
     """``drive.mode: audio``: the plate's parameters with the mouth and jaw predicted from the dub
     audio by the actor's audio-to-expression model (:func:`engine.audio.a2e.apply_dub`); upper
     face, blinks and head pose stay the plate's. The dub's sample 0 lines up with plate frame
     ``plate_start_frame + offset``; frames outside the dub are predicted from silence (closed
     mouth) and flagged ``before_start`` / ``after_end``. ``region: face`` is treated as mouth:
-    audio carries no information about the upper face."""
+    audio carries no information about the upper face.
+
+    The dub's phones (pocketsphinx, :func:`engine.audio.phones.phone_alignment`) switch on the
+    model's bilabial closure rule (p/b/m shut the lips). pocketsphinx ships US-English models
+    only: a dub in another language gets approximate phones (English phone models still
+    separate closures from vowels reasonably). When the aligner fails the drive carries on
+    without the rule and says so in ``info["phone_alignment"]`` and the log."""
     from engine.audio.a2e import A2EModel, apply_dub
     from engine.audio.features import audio_features
+    from engine.errors import StageError
     from engine.io.audio import extract_audio, samples_for_frames
 
     missing = np.setdiff1d(frames, plate.frame_numbers)
@@ -234,8 +254,17 @@ def audio_drive(plate, frames: np.ndarray, audio: Path, a2e_model: Path, *, fps:
     dub = extract_audio(audio, sr)
     zero = int(plate_start_frame) + int(offset)
     start = samples_for_frames(int(frames[0]), 1, fps, zero, sr)[0]
-    feats = audio_features(dub, sr, fps, len(frames), start_sample=start, config=model.config.features)
-    mouth = model.predict(feats)
+    phones, palign = _dub_phones(dub, sr, model.config.close_bilabials or model.config.use_visemes, log)
+    if model.config.use_visemes and phones is None:
+        raise StageError(f"audio-to-expression model {a2e_model} needs phones (viseme features) but the phone "
+                         f"alignment of the dub failed: {palign.get('error', 'not run')}")
+    feats = audio_features(dub, sr, fps, len(frames), start_sample=start, config=model.config.features,
+                           phones=phones if model.config.use_visemes else None)
+    t0 = start / sr
+    mouth = model.predict(feats, phones=phones, phones_t0_s=t0)
+    n_closures = 0
+    if phones is not None and model.config.close_bilabials:
+        n_closures = model.closure_weights(len(feats), phones, phones_t0_s=t0)[1]
     base = FrameParams.from_tracking(plate).select(np.searchsorted(plate.frame_numbers, frames))
     params = apply_dub(base, mouth, plate.exp_names, model.mouth_names)
     bounds = np.array([samples_for_frames(int(f), 1, fps, zero, sr) for f in frames])
@@ -245,8 +274,38 @@ def audio_drive(plate, frames: np.ndarray, audio: Path, a2e_model: Path, *, fps:
     flags |= np.where(bounds[:, 0] >= len(dub), 1 << FLAG_NAMES.index("after_end"), 0)
     info = {"method": "audio-to-expression", "region": "mouth", "requested_region": region, "offset": int(offset),
             "mouth_names": list(model.mouth_names), "a2e_provenance": model.provenance,
-            "speech_fraction": float(np.mean(feats.speech)), "audio_seconds": len(dub) / sr}
+            "speech_fraction": float(np.mean(feats.speech)), "audio_seconds": len(dub) / sr,
+            "phone_alignment": palign, "bilabial_rule": bool(model.config.close_bilabials and phones is not None),
+            "bilabial_closures": int(n_closures)}
+    if log is not None and phones is not None and model.config.close_bilabials:
+        log.info("audio drive: %d bilabial closures enforced from %d phones", n_closures, len(phones))
     return DriveResult(params=params, flags=flags.astype(np.uint16), mode="audio", info=info)
+
+
+def _dub_phones(dub: np.ndarray, sr: int, wanted: bool, log) -> tuple[list | None, dict[str, Any]]:
+    """The dub's phones (None when not wanted or when the aligner failed) and what to record
+    about the alignment. Failures the user's setup can cause (pocketsphinx or its model
+    missing: PortraitError; the decoder giving up: RuntimeError) are logged and recorded,
+    not raised: the drive goes on without the closure rule."""
+    from engine.audio import phones as P
+    from engine.errors import PortraitError
+
+    if not wanted:
+        return None, {"ok": False, "error": "not run (the model's close_bilabials is off)"}
+    cfg = P.PhoneAlignConfig()
+    info: dict[str, Any] = {"method": cfg.method, "pocketsphinx": P.pocketsphinx_version(),
+                            "note": "pocketsphinx US-English models: a dub in another language gets approximate phones"}
+    try:
+        phones = P.phone_alignment(dub, sr, cfg)
+    except (PortraitError, RuntimeError) as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        if log is not None:
+            log.warning("audio drive: phone alignment of the dub failed (%s); carrying on without the bilabial "
+                        "closure rule", msg)
+        info.update(ok=False, error=msg)
+        return None, info
+    info.update(ok=True, n_phones=len(phones), n_bilabials=sum(p.label in P.BILABIALS for p in phones))
+    return phones, info
 
 
 # ------------------------------------------------------------------------------------------
