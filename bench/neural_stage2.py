@@ -181,6 +181,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=100, help="driven frames evaluated per driver")
     ap.add_argument("--eval-frames", type=int, default=0, help="held-out frames evaluated (0: all)")
     ap.add_argument("--prior", choices=("plate", "loo"), default="plate")
+    ap.add_argument("--s2-lr-scale", type=float, default=0.5, help="stage-2 learning rates x the stage-1 run's")
+    ap.add_argument("--s2-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="training-config override for stage 2 and offline (e.g. stage2.adversarial_recon=false)")
     ap.add_argument("--sheet-rows", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--track-cache", type=Path, default=Path("/tmp/portrait_bench_cache"))
@@ -269,12 +272,13 @@ def main(argv=None) -> int:
         print("warning: the issue's protocol needs at least three drivers", file=sys.stderr)
 
     # -- models
+    s2_over = dict(kv.split("=", 1) for kv in args.s2_set)
     def s2_model(tag: str, sets: list[np.ndarray]) -> Path:
         path = out / "models" / f"stage12_{tag}.pt"
         if not path.is_file():
             finetune_model(stage1, None, plate, path, cache=cache_dir, expression_sets=sets,
-                           config=FinetuneConfig(steps=args.s2_steps, drive_fraction=0.0, lr_scale=0.5,
-                                                 warmup_steps=min(100, args.s2_steps // 4)))
+                           config=FinetuneConfig(steps=args.s2_steps, drive_fraction=0.0, lr_scale=args.s2_lr_scale,
+                                                 warmup_steps=min(100, args.s2_steps // 4), overrides=s2_over))
         return path
 
     t0 = time.perf_counter()
@@ -291,6 +295,7 @@ def main(argv=None) -> int:
     figures: dict = {"smoke": smoke, "plate": PLATE.name, "face_model": fm_id, "size_px": S,
                      "stage1": str(stage1), "stage1_step": int(base.step), "prior": args.prior,
                      "s2_steps": args.s2_steps, "offline_steps": args.offline_steps,
+                     "s2_lr_scale": args.s2_lr_scale, "s2_overrides": s2_over,
                      "frames_per_driver": args.frames, "heldout_frames": len(test_idx),
                      "stage2_train_wall_s": round(s2_wall, 1), "drivers": {}}
     held = {"stage1": _heldout(stage1, cache, test_idx, metric)}
@@ -301,7 +306,8 @@ def main(argv=None) -> int:
         off = out / "models" / f"offline_{Path(clip).stem}.pt"
         if not off.is_file():
             finetune_model(s12[clip], d["drive"], plate, off, cache=cache_dir,
-                           config=FinetuneConfig(steps=args.offline_steps, warmup_steps=min(50, args.offline_steps // 4)))
+                           config=FinetuneConfig(steps=args.offline_steps, warmup_steps=min(50, args.offline_steps // 4),
+                                                 overrides=s2_over))
         off_wall = time.perf_counter() - t0
         p = d["drive"].params
         plates = _plate_frames([int(p.frame_numbers[i]) for i in d["idx"]])
