@@ -135,13 +135,13 @@ def _closure_agreement(mo_true: np.ndarray, mo_pred: np.ndarray, speech: np.ndar
 def _sync_figures(prefix: str, samples, fps, mouth_open, phones, start_sample: int, time_offset_s: float,
                   figures: dict, min_events: int = 5) -> None:
     from engine.audio import sync as S
-    en = S.av_offset_from_audio(samples, SR, fps, mouth_open, start_sample=start_sample)
+    energy = S.audio_energy(samples, SR, fps, len(mouth_open), start_sample, band_hz=S.SYNC_BAND_HZ)
+    en = S.estimate_av_offset(mouth_open, energy, fps)
     cl = S.estimate_closure_offset(phones, mouth_open, fps, time_offset_s=time_offset_s, min_events=min_events)
     rep = S.bilabial_hits(phones, mouth_open, fps, tol_frames=1, time_offset_s=time_offset_s)
     figures[f"{prefix}/av_offset_energy_frames"] = round(float(en.frames), 3)
     figures[f"{prefix}/av_offset_energy_corr"] = round(float(en.correlation), 3)
     # how much the energy estimate can be trusted (surrogate p-value; None: clip too short)
-    energy = S.audio_energy(samples, SR, fps, len(mouth_open), start_sample, band_hz=S.SYNC_BAND_HZ)
     pv = S.offset_p_value(mouth_open, energy)
     figures[f"{prefix}/av_offset_energy_p_value"] = None if pv is None else round(pv, 4)
     figures[f"{prefix}/av_offset_closure_frames"] = round(float(cl.frames), 3)

@@ -67,14 +67,14 @@ def _checkpoint() -> Path | None:
     return None
 
 
-def _driver_frames(media: Path, driver, positions: np.ndarray) -> dict[int, np.ndarray]:
-    """The driver's own frames (uint8 RGB) at the driving positions (exact rational times)."""
+def _driver_frames(media: Path, driver, index: np.ndarray) -> dict[int, np.ndarray]:
+    """The driver's own frames (uint8 RGB) at the given frame indices."""
     from engine.face.track import display_frames, open_media
 
-    want = sorted({int(min(max(0, math.floor(n / d + 0.5)), len(driver) - 1)) for n, d in positions})
+    want = set(int(i) for i in index)
     src, _, _ = open_media(media, driver.fps, 0)
     with src:
-        return {n: f for n, f in display_frames(src, want[0], want[-1], "Rec.709") if n in set(want)}
+        return {n: f for n, f in display_frames(src, min(want), max(want), "Rec.709") if n in want}
 
 
 def _neural_error(ckpt: Path, drive, plate, max_frames: int = 0, *, movie: Path | None = None,
@@ -112,12 +112,14 @@ def _neural_error(ckpt: Path, drive, plate, max_frames: int = 0, *, movie: Path 
     fig["checkpoint"] = str(ckpt)
     fig["face_model"] = model.model_id()
     if movie is not None and driver is not None and driver_media is not None:
-        pos = drive.positions[idx]
-        drv = _driver_frames(driver_media, driver, pos)
+        from engine.drive.timing import nearest_driver_frames
+
+        drv_idx = nearest_driver_frames(drive.positions[idx], len(driver))
+        drv = _driver_frames(driver_media, driver, drv_idx)
         h, w = out[0].shape[:2]
         with ReviewMovieWriter(movie, Fraction(25), (3 * w - (3 * w) % 2, h - h % 2), overwrite=True) as mov:
             for k, i in enumerate(idx):
-                d = drv[int(min(max(0, math.floor(pos[k][0] / pos[k][1] + 0.5)), len(driver) - 1))]
+                d = drv[int(drv_idx[k])]
                 d = cv2.resize(d, (w, h), interpolation=cv2.INTER_AREA)
                 pl = frames[int(params.frame_numbers[i])]
                 nr = (np.clip(out[k], 0, 1) * 255 + 0.5).astype(np.uint8)

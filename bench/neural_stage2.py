@@ -86,7 +86,9 @@ def _driver_crops(media: Path, driver, positions: np.ndarray, size: int) -> list
     from engine.face.crop import warp_to_crop
     from engine.face.track import display_frames, open_media
 
-    idx = [int(min(max(0, math.floor(n / d + 0.5)), len(driver) - 1)) for n, d in positions]
+    from engine.drive.timing import nearest_driver_frames
+
+    idx = [int(i) for i in nearest_driver_frames(positions, len(driver))]
     src, _, _ = open_media(media, driver.fps, 0)
     frames = {}
     with src:

@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from engine.drive.timing import driver_positions, sample_plan
+from engine.drive.timing import driver_positions, nearest_driver_frames, sample_plan
 from engine.errors import ConfigError
 
 
@@ -55,3 +55,14 @@ def test_bad_timing_input_is_a_config_error() -> None:
         driver_positions([1001], plate_start_frame=1001, offset=0, plate_fps=Fraction(25), driver_fps=0)
     with pytest.raises(ConfigError, match="no frames"):
         sample_plan([1001], 0, plate_start_frame=1001, offset=0, plate_fps=Fraction(25), driver_fps=Fraction(25))
+
+
+def test_nearest_driver_frames_matches_nearest_sampling() -> None:
+    # 25 fps shot from a 30 fps driver, starting 3 frames before the clip: clamped at both ends
+    frames = np.arange(998, 1040)
+    plan = sample_plan(frames, 40, plate_start_frame=1001, offset=0, plate_fps=Fraction(25),
+                       driver_fps=Fraction(30), sampling="nearest")
+    pos = np.array([[p.numerator, p.denominator] for p in plan.positions], np.int64)
+    got = nearest_driver_frames(pos, 40)
+    assert np.array_equal(got, plan.i0)
+    assert got[0] == 0 and got[-1] == 39

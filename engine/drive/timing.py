@@ -77,6 +77,14 @@ def driver_positions(target_frames: Sequence[int] | np.ndarray, *, plate_start_f
     return [(int(f) - zero) * ratio for f in np.asarray(target_frames, np.int64)]
 
 
+def nearest_driver_frames(positions: np.ndarray, n_driver: int) -> np.ndarray:
+    """(N,) driver frame index nearest each exact driving position ((N, 2) numerator,
+    denominator: :attr:`engine.drive.transfer.DriveResult.positions`), clamped to the clip
+    (the ``nearest`` sampling of :func:`sample_plan`, for showing the driver's own frame)."""
+    idx = [math.floor(Fraction(int(n), int(d)) + Fraction(1, 2)) for n, d in np.asarray(positions)]
+    return np.clip(np.asarray(idx, np.int64), 0, max(int(n_driver) - 1, 0))
+
+
 def sample_plan(target_frames: Sequence[int] | np.ndarray, n_driver: int, *, plate_start_frame: int,
                 offset: int, plate_fps: Fraction, driver_fps: Fraction,
                 sampling: str = "linear") -> SamplePlan:

@@ -466,7 +466,8 @@ def lip_sync(mouth_open: np.ndarray, audio: AudioTrack, fps: Fraction, first: in
         return out
     out["energy_db"] = energy.tolist()
     out["mouth_open"] = [None if not np.isfinite(v) else float(v) for v in mouth_open]
-    av = sync.av_offset_from_audio(samples, sr, fps, mouth_open, 0, cfg.max_lag_frames)
+    # the same band energy av_offset_from_audio would compute again
+    av = sync.estimate_av_offset(mouth_open, energy, fps, cfg.max_lag_frames)
     # How much to trust the peak (reported, not gated): its p-value against circularly shifted
     # mouth tracks (the same signals with the pairing broken).
     out["av_p_value"] = sync.offset_p_value(mouth_open, energy, cfg.max_lag_frames)
