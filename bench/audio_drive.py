@@ -163,11 +163,12 @@ def _window_reliability(items: list[tuple[np.ndarray, np.ndarray]], fps: Fractio
     from engine.audio import sync as S
     errs = []
     for x, mo in items:
-        b = S.frame_boundaries(fps, SR, len(mo))
-        full = S.estimate_av_offset(mo, S.audio_energy(x, SR, fps, len(mo), 0, band_hz=S.SYNC_BAND_HZ), fps).frames
+        # one band-pass of the whole track; an excerpt's frames are a slice of it
+        energy = S.audio_energy(x, SR, fps, len(mo), 0, band_hz=S.SYNC_BAND_HZ)
+        full = S.estimate_av_offset(mo, energy, fps).frames
         for a in range(0, len(mo) - window + 1, window // 2):
-            e = S.audio_energy(x, SR, fps, window, int(b[a]), band_hz=S.SYNC_BAND_HZ)
-            errs.append(abs(S.estimate_av_offset(mo[a:a + window], e, fps).frames - full))
+            e = S.estimate_av_offset(mo[a:a + window], energy[a:a + window], fps).frames
+            errs.append(abs(e - full))
     errs = np.asarray(errs, float)
     return {"excerpts": int(len(errs)), "within_1": round(float(np.mean(errs <= 1.0)), 3),
             "gross_gt_3": round(float(np.mean(errs > 3.0)), 3)}
@@ -207,6 +208,7 @@ def _cross_validate(folds: int, feats, tr, params, mo_fit, mo_track, phones, fps
     tot = {"": [0, 0, 0, 0], "_no_closure": [0, 0, 0, 0]}
     hits = {"": [0, 0], "_no_closure": [0, 0]}
     corrs = []
+    mnames = mouth_names_of(tr.exp_names)
     for j in range(folds):
         end = n - j * hold
         if j * hold >= n:
@@ -216,7 +218,6 @@ def _cross_validate(folds: int, feats, tr, params, mo_fit, mo_track, phones, fps
                     visemes=None if feats.visemes is None else feats.visemes[perm])
         p = params.select(perm)
         ph = _rotate_phones(phones, int(end % n), n, fps)
-        mnames = mouth_names_of(tr.exp_names)
         model, rep = train_a2e(f, tr.fit.expression[perm], tr.exp_names, p.usable, mo_fit[perm], float(fps), cfg,
                                lip_gap_jacobian=lip_gap_jacobian(face, p, tr.exp_names, mnames),
                                lip_gap_fn=mouth_opening_fn(face, p, tr.exp_names, mnames))

@@ -99,6 +99,25 @@ def _driver_crops(media: Path, driver, positions: np.ndarray, size: int) -> list
     return [warp_to_crop(frames[i], np.asarray(driver.crops.affine[i], np.float64) * scale, size) for i in idx]
 
 
+def transfer_driver(clip: str, plate, track_cache: Path, spec, frames: int, *, max_plate_frames: int | None = None):
+    """Track driving clip ``clip`` (``../shared/media/driving/``, cached), transfer it onto the
+    plate's frames (pose ``plate``, 25 fps, from frame 1001) and pick ``frames`` evenly spaced
+    usable frames: (media path, driver tracking, transfer result, picked row indices)."""
+    from engine.drive.transfer import VideoDriveConfig, transfer_video
+
+    media = SHARED / "media" / "driving" / clip
+    driver, _ = _track(media, track_cache, None, 0, spec)
+    n = min(int(math.floor(len(driver) / driver.fps * Fraction(25))), len(plate))
+    numbers = np.arange(1001, 1001 + n)
+    if max_plate_frames is not None:
+        numbers = numbers[:max_plate_frames]
+    res = transfer_video(plate, driver, numbers, plate_start_frame=1001, plate_fps=Fraction(25), pose="plate",
+                         config=VideoDriveConfig())
+    usable = np.flatnonzero(np.asarray(res.params.usable, bool))
+    idx = usable[np.unique(np.linspace(0, len(usable) - 1, min(frames, len(usable))).round().astype(int))]
+    return media, driver, res, idx
+
+
 def _render_eval(model_path: Path, drive, idx: np.ndarray, plates: dict[int, np.ndarray], face_model):
     """Render frames ``idx`` of the drive, paste back, re-track: expression error + crops."""
     from engine.drive.metrics import expression_error
@@ -201,7 +220,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from engine.benchmark import BenchResult, peak_rss_mib
-    from engine.drive.transfer import VideoDriveConfig, transfer_video
     from engine.face.model import FaceModelConfig
     from engine.face.tracking_file import load_tracking
     from engine.neural.checkpoint import Checkpoint
@@ -259,16 +277,9 @@ def main(argv=None) -> int:
     # -- drives
     drives: dict[str, dict] = {}
     for clip in [c for c in args.drivers.split(",") if c]:
-        media = SHARED / "media" / "driving" / clip
-        driver, _ = _track(media, args.track_cache, None, 0, spec)
-        n = min(int(math.floor(len(driver) / driver.fps * Fraction(25))), len(plate))
-        frames = np.arange(1001, 1001 + n)
-        if smoke:  # the tiny stage-1 model only knows the first frames' contexts; any frame renders
-            frames = frames[:max(args.frames * 2, 8)]
-        res = transfer_video(plate, driver, frames, plate_start_frame=1001, plate_fps=Fraction(25), pose="plate",
-                             config=VideoDriveConfig())
-        usable = np.flatnonzero(np.asarray(res.params.usable, bool))
-        idx = usable[np.unique(np.linspace(0, len(usable) - 1, min(args.frames, len(usable))).round().astype(int))]
+        # the tiny stage-1 model only knows the first frames' contexts; any frame renders
+        media, driver, res, idx = transfer_driver(clip, plate, args.track_cache, spec, args.frames,
+                                                  max_plate_frames=max(args.frames * 2, 8) if smoke else None)
         drives[clip] = {"media": media, "driver": driver, "drive": res, "idx": idx}
     if len(drives) < 3 and not smoke:
         print("warning: the issue's protocol needs at least three drivers", file=sys.stderr)

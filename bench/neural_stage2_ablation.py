@@ -33,7 +33,6 @@ import logging
 import math
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from engine.benchmark import BenchResult, peak_rss_mib
-    from engine.drive.transfer import VideoDriveConfig, transfer_video
     from engine.face.model import FaceModelConfig
     from engine.face.tracking_file import load_tracking
     from engine.neural.data import FrameCache, split_holdout
@@ -139,12 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = FaceModelConfig(kind="ict", path=str(NB.ICT))
     drives = {}
     for clip in DRIVERS:
-        driver, _ = NB._track(NB.SHARED / "media" / "driving" / clip, args.track_cache, None, 0, spec)
-        n = min(int(math.floor(len(driver) / driver.fps * Fraction(25))), len(plate))
-        res = transfer_video(plate, driver, np.arange(1001, 1001 + n), plate_start_frame=1001,
-                             plate_fps=Fraction(25), pose="plate", config=VideoDriveConfig())
-        usable = np.flatnonzero(np.asarray(res.params.usable, bool))
-        idx = usable[np.unique(np.linspace(0, len(usable) - 1, min(args.frames, len(usable))).round().astype(int))]
+        _, _, res, idx = NB.transfer_driver(clip, plate, args.track_cache, spec, args.frames)
         drives[clip] = (res, idx, NB._plate_frames([int(res.params.frame_numbers[i]) for i in idx]))
 
     def measure(model: Path) -> dict:
